@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,8 @@ from sonic.errors import SonicError
 
 # HF `model_type` / GGUF `general.architecture` -> our architecture family.
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+HF_CLASS_NAMES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,33 @@ class ModelConfig:
             eos_token_ids=eos,
             name=cfg.get("_name_or_path", "") or model_type,
         )
+
+    def to_hf(self) -> dict[str, Any]:
+        """A `config.json` dict that both `from_hf` and transformers read back to this config."""
+        cfg: dict[str, Any] = {
+            "model_type": self.architecture,
+            "architectures": [HF_CLASS_NAMES[self.architecture]],
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads, "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim, "rms_norm_eps": self.rms_norm_eps, "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings, "hidden_act": "silu",
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) != 1 else self.eos_token_ids[0],
+        }
+        if self.architecture in ("llama", "mistral"):
+            cfg["attention_bias"] = self.attention_bias
+        if self.sliding_window is not None:
+            cfg["sliding_window"] = self.sliding_window
+            cfg["use_sliding_window"] = True
+        elif self.architecture != "llama":
+            cfg["sliding_window"] = None
+            cfg["use_sliding_window"] = False
+        if self.rope_scaling is not None:
+            cfg["rope_scaling"] = {k: v for k, v in asdict(self.rope_scaling).items()
+                                   if self.rope_scaling.rope_type == "llama3" or k in ("rope_type", "factor")}
+        return cfg
 
     @classmethod
     def from_gguf(cls, path: str | Path) -> "ModelConfig":

@@ -1,0 +1,5 @@
+import sys
+
+from sonic.cli import main
+
+sys.exit(main())

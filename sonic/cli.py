@@ -1,0 +1,127 @@
+"""`sonic generate | chat`: the command line. User mistakes end in one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sonic.errors import SonicError
+
+EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming the fix instead of a usage dump."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def add_model_args(p: argparse.ArgumentParser):
+    p.add_argument("--model", metavar="PATH", help="Hugging Face model folder or .gguf file "
+                   "(default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="working dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--runner", default="ref", help="decode path: ref (eager PyTorch reference)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser):
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default: 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), higher = more random")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same text")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when this text appears (repeatable)")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="sonic", description="Sonic: latency-first LLM inference.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    sub.required = True
+
+    gen = sub.add_parser("generate", help="generate text for one prompt, streamed to stdout")
+    gen.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
+    gen.add_argument("--raw", action="store_true",
+                     help="send the prompt as-is, without the model's chat template")
+    gen.add_argument("--system", default=None, help="system message (chat-template models)")
+    add_model_args(gen)
+    add_sampling_args(gen)
+
+    chat = sub.add_parser("chat", help="interactive multi-turn chat")
+    chat.add_argument("--system", default=None, help="system message")
+    add_model_args(chat)
+    add_sampling_args(chat)
+    return parser
+
+
+def sampling_from_args(args):
+    from sonic.engine.sampling import SamplingParams
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+
+
+def load_engine(args):
+    from sonic.engine.generate import Engine
+    return Engine.load(args.model, device=args.device, dtype=args.dtype, runner=args.runner)
+
+
+def messages_for(prompt: str, system: str | None) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def stream_to(out, pieces) -> str:
+    text = []
+    for piece in pieces:
+        out.write(piece)
+        out.flush()
+        text.append(piece)
+    return "".join(text)
+
+
+def cmd_generate(args) -> int:
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt.strip():
+        raise SonicError("the prompt is empty: pass it as an argument or on stdin")
+    sampling = sampling_from_args(args)  # validate flags before the (slow) model load
+    engine = load_engine(args)
+    tok = engine.tokenizer
+    if tok is None:
+        raise SonicError("this model folder has no tokenizer.json, so it cannot take a text prompt")
+    if args.raw or not tok.has_chat_template:
+        ids = tok.encode(prompt)
+    else:
+        ids = tok.encode_chat(messages_for(prompt, args.system))
+    stream_to(sys.stdout, engine.stream(ids, args.max_tokens, sampling, args.stop))
+    sys.stdout.write("\n")
+    sys.stderr.write(engine.last_stats.summary() + "\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from sonic.chat import run_chat
+    sampling = sampling_from_args(args)
+    engine = load_engine(args)
+    return run_chat(engine, sampling, args.max_tokens, args.stop, args.system)
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SonicError as e:
+        sys.stdout.flush()
+        sys.stderr.write(f"sonic: error: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The engine a user talks to: load a model once, then stream text for prompts or chats."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from sonic.config import EngineConfig, ModelConfig
+from sonic.engine.sampling import SamplingParams, sample
+from sonic.errors import SonicError
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    ttft_s: float = 0.0          # request start to first token sampled (prefill included)
+    decode_s: float = 0.0        # first token to last token
+    finish_reason: str = ""      # "stop" (EOS or stop string) or "length"
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def decode_tok_s(self) -> float:
+        steps = self.output_tokens - 1
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"prompt {self.prompt_tokens} tokens, output {self.output_tokens} tokens, "
+                f"TTFT {self.ttft_s * 1e3:.1f} ms, decode {self.decode_tok_s:.1f} tok/s")
+
+
+def resolve_device(device: str) -> str:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SonicError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SonicError(f"unknown device '{device}': use cpu or cuda")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise SonicError(f"unknown dtype '{dtype}': use auto, float32, bfloat16 or float16")
+    return dtype
+
+
+class Engine:
+    def __init__(self, config: ModelConfig, runner, tokenizer, engine_config: EngineConfig):
+        self.config, self.runner, self.tokenizer, self.engine_config = config, runner, tokenizer, engine_config
+        eos = set(config.eos_token_ids) | set(getattr(tokenizer, "eos_token_ids", ()) or ())
+        self.eos_ids = frozenset(eos)
+        self.last_stats = GenerationStats()
+
+    @classmethod
+    def load(cls, model: str | None = None, device: str = "cpu", dtype: str = "auto",
+             runner: str = "ref") -> "Engine":
+        from sonic.models.registry import build_model
+        from sonic.engine.runners import make_runner
+        from sonic.weights.loader import load_weights
+
+        device = resolve_device(device)
+        ecfg = EngineConfig(device=device, dtype=resolve_dtype(dtype, device), runner=runner)
+        loaded = load_weights(model, ecfg.torch_dtype, device)
+        net = build_model(loaded.config, loaded.state_dict, ecfg.torch_dtype, device)
+        return cls(loaded.config, make_runner(runner, net), loaded.tokenizer, ecfg)
+
+    @property
+    def context_length(self) -> int:
+        return self.config.max_position_embeddings
+
+    def check_length(self, prompt_tokens: int, max_tokens: int):
+        if max_tokens < 1:
+            raise SonicError(f"invalid --max-tokens {max_tokens}: use a positive number")
+        if prompt_tokens == 0:
+            raise SonicError("the prompt is empty: give some text to continue")
+        if prompt_tokens + max_tokens > self.context_length:
+            raise SonicError(f"prompt ({prompt_tokens} tokens) + max tokens ({max_tokens}) = "
+                             f"{prompt_tokens + max_tokens} exceeds the model's context length "
+                             f"of {self.context_length}: shorten the prompt or lower --max-tokens")
+
+    def generate_ids(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams) -> Iterator[int]:
+        """Yield token ids until EOS or `max_tokens`; statistics land in `self.last_stats`."""
+        self.check_length(len(prompt_ids), max_tokens)
+        stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_ids), finish_reason="length")
+        gen = None if sampling.greedy else sampling.generator(self.runner.device)
+        runner = self.runner
+        start = time.perf_counter()
+        runner.reserve(len(prompt_ids) + max_tokens)
+        logits = runner.prefill(prompt_ids)
+        first_at = None
+        for i in range(max_tokens):
+            token = sample(logits[None], sampling, gen)[0]
+            token_id = int(token)  # the reference path syncs here; fast paths stream tokens instead
+            now = time.perf_counter()
+            if first_at is None:
+                first_at, stats.ttft_s = now, now - start
+            stats.decode_s = now - first_at
+            if token_id in self.eos_ids:
+                stats.finish_reason = "stop"
+                return
+            stats.output_tokens += 1
+            stats.token_ids.append(token_id)
+            yield token_id
+            if i + 1 < max_tokens:
+                logits = runner.decode(token)
+
+    def stream(self, prompt_ids: list[int], max_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
+               stop: list[str] | tuple[str, ...] = ()) -> Iterator[str]:
+        """Yield text pieces; a stop string ends the stream and is not part of it."""
+        from sonic.stop import StopStrings
+
+        if self.tokenizer is None:
+            raise SonicError("this model folder has no tokenizer.json, so it cannot produce text")
+        detok = self.tokenizer.detokenizer()
+        stops = StopStrings(list(stop)) if stop else None
+        ids = self.generate_ids(prompt_ids, max_tokens, sampling)
+        for token_id in ids:
+            piece = detok.add(token_id)
+            if stops is not None:
+                piece, hit = stops.feed(piece)
+                if hit:
+                    ids.close()
+                    self.last_stats.finish_reason = "stop"
+                    if piece:
+                        yield piece
+                    return
+            if piece:
+                yield piece
+        tail = detok.flush()
+        if stops is not None:
+            tail, hit = stops.feed(tail)
+            if not hit:
+                tail += stops.flush()
+        if tail:
+            yield tail

@@ -1,0 +1,51 @@
+"""The eager reference runner: prefill then one-token decode steps through the reference model."""
+from __future__ import annotations
+
+import torch
+
+from sonic.engine.kv_cache import KVCache
+from sonic.models.llama import LlamaModel
+
+# The cache grows in these steps, so a run of similar requests reuses one allocation.
+CACHE_GRANULE = 256
+
+
+class ReferenceRunner:
+    name = "ref"
+
+    def __init__(self, model: LlamaModel):
+        self.model = model
+        self.config = model.config
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.cache: KVCache | None = None
+        self.position = 0
+
+    def reserve(self, max_len: int):
+        """Make room for `max_len` positions and start a new sequence."""
+        need = -(-max_len // CACHE_GRANULE) * CACHE_GRANULE
+        if self.cache is None or self.cache.max_len < need:
+            self.cache = None  # free the old cache before allocating the new one
+            self.cache = KVCache(self.config, need, dtype=self.dtype, device=self.device)
+        self.position = 0
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """Logits [V] (float32) after the whole prompt."""
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits = self.model(x, self.position, self.cache, last_only=True)
+        self.position += len(ids)
+        return logits[0, -1]
+
+    def decode(self, token: torch.Tensor) -> torch.Tensor:
+        """Logits [V] after one more token (a 0-d or 1-element tensor on the device)."""
+        logits = self.model(token.view(1, 1), self.position, self.cache)
+        self.position += 1
+        return logits[0, -1]
+
+    def forward_all(self, ids: list[int]) -> torch.Tensor:
+        """Teacher-forced logits [T, V] for a whole sequence from position 0 (for tests and checks)."""
+        self.reserve(len(ids))
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits = self.model(x, 0, self.cache)
+        self.position = len(ids)
+        return logits[0]
