@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from sonic.config import ModelConfig, RopeScaling
+
+sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers such as tiny_gguf
 
 # One tiny config per family, each exercising that family's quirk.
 TINY_CONFIGS = {

@@ -136,3 +136,15 @@ def test_bench_on_cpu_writes_json(capsys, tmp_path):
 def test_bench_needs_a_model(capsys):
     code, _, err = run(capsys, "bench", "--device", "cpu")
     assert_user_error(code, err, "--preset", "--model")
+
+
+def test_unsupported_quantisation_type(capsys, tmp_path):
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+    from tiny_gguf import HIDDEN, KV_HEADS, HEAD_DIM, tiny_weights, write_gguf
+
+    rows = KV_HEADS * HEAD_DIM
+    raw = np.zeros((rows, GGML_QUANT_SIZES[Q.IQ4_NL][1] * HIDDEN // 32), np.uint8)
+    path = write_gguf(tmp_path / "iq.gguf", "llama", tiny_weights("llama") | {"blk.0.attn_v.weight": (raw, Q.IQ4_NL)})
+    code, _, err = run(capsys, "generate", "hi", "--model", str(path))
+    assert_user_error(code, err, "unsupported GGUF tensor type IQ4_NL")

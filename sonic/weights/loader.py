@@ -65,8 +65,9 @@ def load_weights(model: str | Path | None, dtype: torch.dtype = torch.float32,
         return LoadedWeights(config, state, tokenizer, path)
     from sonic.weights.gguf import read_gguf
     gguf_file = read_gguf(path)
+    state = gguf_file.state_dict(dtype, device)
     tokenizer = None
     if with_tokenizer:
         from sonic.tokenizer import Tokenizer
         tokenizer = Tokenizer.from_gguf_metadata(gguf_file.metadata)
-    return LoadedWeights(gguf_file.config, gguf_file.state_dict(dtype, device), tokenizer, path)
+    return LoadedWeights(gguf_file.config, state, tokenizer, path)
