@@ -1,0 +1,1 @@
+"""`sonic bench`: decode speed per request against the measured bandwidth ceiling."""

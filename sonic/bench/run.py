@@ -1,0 +1,138 @@
+"""Decode speed per request: tok/s, TTFT, inter-token latency, and % of the measured bandwidth ceiling."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sonic.engine.sampling import SamplingParams
+from sonic.estimate.cost import kv_bytes_per_token, weight_bytes_per_token
+
+
+def build_model(preset: str | None, model: str | None, device: str, dtype: torch.dtype, seed: int = 0):
+    """The reference model with random weights of a preset's shape, or loaded from a path."""
+    from sonic.models.registry import build_model as build
+    if preset:
+        from sonic.presets import get_preset
+        from sonic.weights.random import random_state_dict
+        config = get_preset(preset)
+        return build(config, random_state_dict(config, seed, dtype, device), dtype, device), preset
+    from sonic.weights.loader import load_weights
+    loaded = load_weights(model, dtype, device, with_tokenizer=False)
+    return build(loaded.config, loaded.state_dict, dtype, device), loaded.source.name
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def time_decode(runner, prompt: list[int], output_tokens: int, repeats: int) -> dict:
+    """Greedy decode of exactly `output_tokens` (EOS ignored), `repeats` times; medians over runs."""
+    greedy = SamplingParams()
+    runs = []
+    for _ in range(repeats + 1):  # the first run warms up (compiles, captures graphs)
+        start = time.perf_counter()
+        times = []
+        for _token in runner.generate(prompt, output_tokens, greedy):
+            times.append(time.perf_counter())
+        runs.append((times[0] - start, times))
+    runs = runs[1:]
+    tok_s = [(len(t) - 1) / (t[-1] - t[0]) for _, t in runs]
+    itl = [b - a for _, t in runs for a, b in zip(t, t[1:])]
+    median = statistics.median(tok_s)
+    return {
+        "decode_tok_s": median, "decode_tok_s_runs": tok_s, "ms_per_token": 1e3 / median,
+        "ttft_ms": statistics.median(r[0] for r in runs) * 1e3,
+        "itl_p50_ms": percentile(itl, 50) * 1e3, "itl_p99_ms": percentile(itl, 99) * 1e3,
+    }
+
+
+def bench_runner(name: str, model, prompt: list[int], args, bandwidth: float) -> dict:
+    from sonic.engine.runners import make_runner
+    runner = make_runner(name, model)
+    result = {"runner": name, "prompt_tokens": len(prompt), "output_tokens": args.output_tokens}
+    result.update(time_decode(runner, prompt, args.output_tokens, args.repeats))
+    elem = model.model.embed_tokens.weight.element_size()
+    weights = weight_bytes_per_token(model.config, elem)
+    kv = kv_bytes_per_token(model.config, len(prompt) + args.output_tokens / 2, elem)
+    result.update({"weight_bytes_per_token": weights, "kv_bytes_per_token": kv,
+                   "bytes_per_token": weights + kv,
+                   "ceiling_tok_s": bandwidth / (weights + kv),
+                   "pct_of_ceiling": 100 * (weights + kv) / (result["ms_per_token"] / 1e3) / bandwidth})
+    del runner
+    return result
+
+
+def git_commit() -> str:
+    if os.environ.get("SONIC_COMMIT"):
+        return os.environ["SONIC_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def run_bench(args) -> dict:
+    from sonic.bench.bandwidth import measure_read_bandwidth
+    from sonic.engine.generate import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = getattr(torch, resolve_dtype(args.dtype, device))
+    bandwidth = measure_read_bandwidth(device)
+    model, name = build_model(args.preset, args.model, device, dtype)
+    prompt_len = args.context - args.output_tokens if args.context else args.prompt_tokens
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).tolist()
+    runners = [args.runner] + [r for r in args.compare if r != args.runner]
+    results = [bench_runner(r, model, prompt, args, bandwidth) for r in runners]
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__}
+    try:
+        import triton
+        versions["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return {"model": name, "device": device_name(device), "dtype": str(dtype).removeprefix("torch."),
+            "date": datetime.date.today().isoformat(), "commit": git_commit(), "versions": versions,
+            "bandwidth_GBps": bandwidth / 1e9, "context": prompt_len + args.output_tokens,
+            "results": results}
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{report['model']} on {report['device']} ({report['dtype']}), commit {report['commit']}, "
+             f"read bandwidth {report['bandwidth_GBps']:.0f} GB/s",
+             f"{'runner':<8}{'tok/s':>9}{'ms/tok':>9}{'TTFT ms':>9}{'ITL p50':>9}{'ITL p99':>9}"
+             f"{'MB/tok':>9}{'ceiling':>9}{'% ceil':>8}"]
+    for r in report["results"]:
+        lines.append(f"{r['runner']:<8}{r['decode_tok_s']:>9.1f}{r['ms_per_token']:>9.3f}{r['ttft_ms']:>9.1f}"
+                     f"{r['itl_p50_ms']:>9.3f}{r['itl_p99_ms']:>9.3f}{r['bytes_per_token'] / 1e6:>9.1f}"
+                     f"{r['ceiling_tok_s']:>9.0f}{r['pct_of_ceiling']:>7.1f}%")
+    return "\n".join(lines)
+
+
+def result_path(report: dict, folder: str | Path = "bench/results") -> Path:
+    device = report["device"].lower().replace("nvidia ", "").replace(" ", "-")
+    suffix = f"-ctx{report['context']}" if report["context"] > 1024 else ""
+    return Path(folder) / f"{report['date']}-{device}-{report['model']}{suffix}.json"
+
+
+def write_json(report: dict, path: str | Path | None = None) -> Path:
+    path = Path(path) if path else result_path(report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path

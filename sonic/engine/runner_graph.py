@@ -1,0 +1,168 @@
+"""The GPU fast path: fused Triton kernels, the decode step captured once as a CUDA graph.
+
+Token, position and RNG state live on the GPU, so the host never waits on a step to launch the next:
+it keeps a couple of steps queued and reads tokens from a pinned buffer as they land.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from sonic.engine.kv_cache import KVCache
+from sonic.engine.packed import pack_model
+from sonic.engine.sampling import SamplingParams, filter_logits, sample
+from sonic.errors import SonicError
+from sonic.models.llama import LlamaModel
+from sonic.models.rope import rope_tables
+
+DEFAULT_MAX_LEN = 8192   # cache length when the model's context is longer
+MAX_QUERY_TOKENS = 16    # rows one step can verify (speculative decoding)
+QUEUE_AHEAD = 2          # steps kept queued on the GPU while the host reads tokens
+
+
+class GraphRunner:
+    name = "graph"
+
+    def __init__(self, model: LlamaModel, max_len: int | None = None):
+        from sonic.kernels.triton import decode_attention as attn_k
+
+        self.model, self.config = model, model.config
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        if self.device.type != "cuda":
+            raise SonicError("the graph runner needs a CUDA GPU: use --device cuda, or --runner ref on CPU")
+        c = self.config
+        self.max_len = max_len or min(c.max_position_embeddings, DEFAULT_MAX_LEN)
+        self.packed = pack_model(model)
+        self.cache = KVCache(c, self.max_len, dtype=self.dtype, device=self.device)
+        cos, sin = rope_tables(c, self.max_len, self.device)
+        self.cos, self.sin = cos.contiguous(), sin.contiguous()
+        self.num_splits = attn_k.default_num_splits(c.num_key_value_heads, self.max_len)
+        self.position = 0
+        dev, m = self.device, MAX_QUERY_TOKENS
+        # Static buffers: graphs capture their addresses.
+        self.tokens = torch.zeros(m, dtype=torch.long, device=dev)
+        self.positions = torch.zeros(m, dtype=torch.int32, device=dev)
+        self.h = torch.zeros(m, c.hidden_size, dtype=torch.float32, device=dev)
+        self.qkv = torch.zeros(m, c.q_size + 2 * c.kv_size, dtype=self.dtype, device=dev)
+        self.q = torch.zeros(m, c.num_attention_heads, c.head_dim, dtype=self.dtype, device=dev)
+        self.attn = torch.zeros_like(self.q)
+        self.act = torch.zeros(m, c.intermediate_size, dtype=self.dtype, device=dev)
+        self.logits = torch.zeros(m, c.vocab_size, dtype=torch.float32, device=dev)
+        self.seed = torch.zeros(1, dtype=torch.long, device=dev)
+        self.step_counter = torch.zeros(1, dtype=torch.long, device=dev)
+        self.host_tokens = torch.zeros(QUEUE_AHEAD + 1, dtype=torch.long, pin_memory=True)
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+
+    # ---- one step of the fused path (eager; also what the graph captures) ----
+    def forward_step(self, m: int) -> torch.Tensor:
+        """Logits [m, V] for tokens[:m] at positions[:m]; writes their K/V into the cache."""
+        from sonic.kernels.triton.decode_attention import decode_attention
+        from sonic.kernels.triton.matvec import fused_matvec
+        from sonic.kernels.triton.qkv_rope import qkv_rope_cache
+
+        c, p = self.config, self.packed
+        h, qkv, q, attn, act = self.h[:m], self.qkv[:m], self.q[:m], self.attn[:m], self.act[:m]
+        pos = self.positions[:m]
+        h.copy_(p.embed.index_select(0, self.tokens[:m]))
+        eps = c.rms_norm_eps
+        for i, layer in enumerate(p.layers):
+            k_cache, v_cache = self.cache.k[i, 0], self.cache.v[i, 0]
+            fused_matvec(h, layer.w_qkv, qkv, norm_weight=layer.attn_norm, eps=eps, bias=layer.b_qkv)
+            qkv_rope_cache(qkv, pos, self.cos, self.sin, k_cache, v_cache, q,
+                           num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads,
+                           head_dim=c.head_dim, q_norm_weight=layer.q_norm, k_norm_weight=layer.k_norm, eps=eps)
+            decode_attention(q, k_cache, v_cache, pos, attn, sm_scale=c.head_dim ** -0.5,
+                             num_splits=self.num_splits, sliding_window=c.sliding_window)
+            fused_matvec(attn.view(m, c.q_size), layer.w_o, h, residual=h)
+            fused_matvec(h, layer.w_gate_up, act, norm_weight=layer.mlp_norm, eps=eps, silu_mul=True)
+            fused_matvec(act, layer.w_down, h, residual=h)
+        logits = self.logits[:m]
+        fused_matvec(h, p.lm_head, logits, norm_weight=p.final_norm, eps=eps)
+        return logits
+
+    def _decode_step(self, sampling: SamplingParams):
+        """One captured step: forward, choose the next token on the GPU, advance position and RNG."""
+        from sonic.kernels.triton.lm_head_sample import argmax_rows, gumbel_argmax
+
+        logits = self.forward_step(1)
+        if sampling.greedy:
+            argmax_rows(logits, self.tokens[:1])
+        else:
+            gumbel_argmax(filter_logits(logits, sampling), self.seed, self.step_counter, self.tokens[:1])
+            self.step_counter.add_(1)
+        self.positions[:1].add_(1)
+
+    def _graph(self, sampling: SamplingParams) -> torch.cuda.CUDAGraph:
+        key = ("greedy",) if sampling.greedy else (sampling.temperature, sampling.top_k, sampling.top_p)
+        if key not in self.graphs:
+            saved = (self.tokens.clone(), self.positions.clone(), self.step_counter.clone())
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # compile and warm up every kernel before capture
+                    self._decode_step(sampling)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._decode_step(sampling)
+            for buf, value in zip((self.tokens, self.positions, self.step_counter), saved):
+                buf.copy_(value)
+            self.graphs[key] = graph
+        return self.graphs[key]
+
+    # ---- the runner interface ----
+    def reserve(self, max_len: int):
+        if max_len > self.max_len:
+            raise SonicError(f"this request needs {max_len} positions but the GPU cache holds {self.max_len}: "
+                             "shorten the prompt or lower --max-tokens")
+        self.position = 0
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """Prompt through the reference model (SDPA), writing the shared cache; logits [V] of the last token."""
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits = self.model(x, self.position, self.cache, last_only=True)
+        self.position += len(ids)
+        return logits[0, -1]
+
+    def forward_tokens(self, ids: list[int], start: int) -> torch.Tensor:
+        """Teacher-forced logits [len(ids), V] of the fused path, eagerly (tests, verification)."""
+        m = len(ids)
+        self.tokens[:m].copy_(torch.tensor(ids, device=self.device))
+        self.positions[:m].copy_(torch.arange(start, start + m, dtype=torch.int32, device=self.device))
+        return self.forward_step(m).clone()
+
+    def generate(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams) -> Iterator[int]:
+        self.reserve(len(prompt_ids) + max_tokens)
+        graph = self._graph(sampling)
+        gen = None if sampling.greedy else sampling.generator(self.device)
+        if gen is not None:
+            self.seed.fill_(int(torch.randint(0, 2**62, (1,), generator=gen, device=self.device)))
+            self.step_counter.zero_()
+        first = sample(self.prefill(prompt_ids)[None], sampling, gen)
+        self.tokens[:1].copy_(first)
+        self.positions[:1].fill_(len(prompt_ids))
+        done = torch.cuda.Event()
+        events = [torch.cuda.Event() for _ in range(QUEUE_AHEAD + 1)]
+        slots = len(events)
+
+        def enqueue(step: int):
+            graph.replay()
+            self.host_tokens[step % slots].copy_(self.tokens[0], non_blocking=True)
+            events[step % slots].record()
+
+        remaining = max_tokens - 1
+        for step in range(min(QUEUE_AHEAD, remaining)):
+            enqueue(step)
+        try:
+            yield int(first[0])  # the GPU is already busy with the next steps
+            for step in range(remaining):
+                events[step % slots].synchronize()
+                token = int(self.host_tokens[step % slots])
+                if step + QUEUE_AHEAD < remaining:
+                    enqueue(step + QUEUE_AHEAD)
+                yield token
+        finally:
+            done.record()
+            done.synchronize()  # queued steps finish before the buffers are reused

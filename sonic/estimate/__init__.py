@@ -1,0 +1,1 @@
+"""`sonic estimate`: bytes and FLOPs per token, and the speed they allow."""

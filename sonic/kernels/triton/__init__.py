@@ -1,0 +1,1 @@
+"""Fused Triton kernels for the decode step, one op per file."""
