@@ -52,10 +52,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         cache.write(self.layer, start, k, v)
         keys, values = cache.view(self.layer, start + t)
-        if c.gqa_group > 1:
-            keys = keys.repeat_interleave(c.gqa_group, dim=1)
-            values = values.repeat_interleave(c.gqa_group, dim=1)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        # enable_gqa shares each KV head across its query group without copying the cache.
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=c.gqa_group > 1)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, c.q_size))
 
 
