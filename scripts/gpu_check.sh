@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: check the fast path against the reference, then time it.
-# Usage: scripts/gpu_check.sh [preset ...]   (results land in $OUT, a short table prints last)
+# Usage: scripts/gpu_check.sh [preset ...]. Reports land in $OUT; a short table prints last.
+# TESTS (default: the fused-path tests) picks what pytest runs; TEST_TIMEOUT and BENCH_TIMEOUT bound each part.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/sonic-out}
 mkdir -p "$OUT"
 presets=("$@")
-[ ${#presets[@]} -gt 0 ] || presets=(llama-3.2-1b)
+[ ${#presets[@]} -gt 0 ] || presets=(llama-3.2-1b smollm2-135m qwen3-1.7b llama-3.1-8b)
 
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-echo "== correctness (kernels in bf16, fused path vs reference)"
-timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -x -p no:cacheprovider tests/kernels tests/engine 2>&1 | tail -25
+echo "== correctness"
+timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -x -p no:cacheprovider ${TESTS:-tests/engine} 2>&1 | tail -20
+
+bench() {  # name, then sonic bench flags
+  local name=$1; shift
+  timeout "${BENCH_TIMEOUT:-100}" python3 -m sonic bench "$@" --json "$OUT/$name.json" > "/tmp/$name.txt" 2>"/tmp/$name.err" \
+    || { echo "bench $name failed:"; tail -4 "/tmp/$name.err"; }
+}
 echo "== benchmarks"
-for preset in "${presets[@]}"; do
-  python3 -m sonic bench --preset "$preset" ${BENCH_FLAGS:-} --json "$OUT/$preset.json" > "$OUT/$preset.txt" 2>"$OUT/$preset.err" \
-    || { echo "bench $preset failed:"; tail -5 "$OUT/$preset.err"; }
-done
+bench "${presets[0]}" --preset "${presets[0]}" --compare ref --repeats 3 --plot "$OUT/${presets[0]}.png"
+for preset in "${presets[@]:1}"; do bench "$preset" --preset "$preset" --repeats 3; done
+bench "${presets[0]}-ctx4096" --preset "${presets[0]}" --context 4096 --repeats 3
 echo "== summary"
-for preset in "${presets[@]}"; do cat "$OUT/$preset.txt" 2>/dev/null; done
+for name in "${presets[@]}" "${presets[0]}-ctx4096"; do cat "/tmp/$name.txt" 2>/dev/null; done
