@@ -63,7 +63,8 @@ def test_runs_are_bit_identical(runners):
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
     greedy = [list(graph.generate(prompt, 64, SamplingParams())) for _ in range(2)]
     assert greedy[0] == greedy[1]
-    sampled = [list(graph.generate(prompt, 64, SamplingParams(temperature=1.0, top_p=0.9, seed=s)))
+    # A hot temperature: random tied-embedding models put most mass on one token at temperature 1.
+    sampled = [list(graph.generate(prompt, 64, SamplingParams(temperature=4.0, top_p=0.95, seed=s)))
                for s in (7, 7, 8)]
     assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
 
