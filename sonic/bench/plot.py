@@ -26,7 +26,7 @@ def plot_report(report: dict, path: str | Path) -> Path:
     ax.set_ylabel("decode tok/s (batch 1)")
     ax.set_ylim(0, ceiling * 1.15)
     ax.set_title(f"{report['model']} on {report['device']}, {report['dtype']}", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
