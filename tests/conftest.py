@@ -58,22 +58,46 @@ def default_model_path():
     return default_model_path()
 
 
+@pytest.fixture(scope="session")
+def tok(default_model_path):
+    """Our tokenizer for the default model, built from its GGUF vocabulary."""
+    from sonic.tokenizer import Tokenizer
+    return Tokenizer.load(default_model_path)
+
+
+@pytest.fixture(scope="session")
+def hf_tok(default_model_path, tmp_path_factory):
+    """transformers' tokenizer loaded from the same GGUF file: the reference ours is held to."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("gguf")
+    (folder / default_model_path.name).symlink_to(default_model_path)
+    return transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file=default_model_path.name)
+
+
+@pytest.fixture(scope="session")
+def hf_gguf_model(default_model_path, tmp_path_factory):
+    """transformers' model loaded (dequantised to float32) from the default GGUF file."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("hf_gguf")
+    (folder / default_model_path.name).symlink_to(default_model_path)
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=default_model_path.name, dtype=torch.float32).eval()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, default_model_path):
+def tiny_model_dir(tmp_path_factory, tok):
     """A one-layer random model with the default model's tokenizer and a 64-token context: loads in
     well under a second, so CLI and engine tests can run the whole pipeline."""
     import json
 
-    from sonic.tokenizer import Tokenizer
     from sonic.weights.random import random_state_dict
     from sonic.weights.safetensors import save_hf_folder
 
-    tok = Tokenizer.load(default_model_path)
     config = ModelConfig("llama", tok.vocab_size, 32, 64, 1, 2, 1, 16, max_position_embeddings=64,
                          bos_token_id=1, eos_token_ids=(2,), name="tiny")
     folder = save_hf_folder(config, random_state_dict(config, seed=5), tmp_path_factory.mktemp("tiny"))

