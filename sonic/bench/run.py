@@ -27,7 +27,8 @@ def build_model(preset: str | None, model: str | None, device: str, dtype: torch
         return build(config, random_state_dict(config, seed, dtype, device), dtype, device), preset
     from sonic.weights.loader import load_weights
     loaded = load_weights(model, dtype, device, with_tokenizer=False)
-    return build(loaded.config, loaded.state_dict, dtype, device), loaded.source.name
+    name = loaded.source.stem if loaded.source.is_file() else loaded.source.name
+    return build(loaded.config, loaded.state_dict, dtype, device), name
 
 
 def percentile(values: list[float], q: float) -> float:
