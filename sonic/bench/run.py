@@ -83,6 +83,11 @@ def git_commit() -> str:
         return "unknown"
 
 
+def pdl_setting() -> str:
+    from sonic.kernels.triton.pdl import DEFAULT
+    return os.environ.get("SONIC_PDL", DEFAULT)
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
@@ -111,6 +116,7 @@ def run_bench(args) -> dict:
     return {"model": name, "device": device_name(device), "dtype": str(dtype).removeprefix("torch."),
             "date": datetime.date.today().isoformat(), "commit": git_commit(), "versions": versions,
             "bandwidth_GBps": bandwidth / 1e9, "context": prompt_len + args.output_tokens,
+            "options": {"SONIC_PDL": pdl_setting()},
             "results": results}
 
 

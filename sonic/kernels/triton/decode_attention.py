@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from sonic.kernels.triton.pdl import launch_options, pdl_prologue
 from triton.runtime.interpreter import InterpretedFunction
 
 BLOCK_S = 64         # keys per tile
@@ -49,7 +51,8 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, po_ptr, lse_ptr, qk_scale, windo
                   M: tl.constexpr, GROUP: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr,
                   NUM_SPLITS: tl.constexpr, HAS_WINDOW: tl.constexpr,
                   BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-                  PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+                  PRECISION: tl.constexpr, INTERPRET: tl.constexpr, USE_PDL: tl.constexpr = False):
+    pdl_prologue(USE_PDL)
     kvh = tl.program_id(0)
     split = tl.program_id(1)
     r = tl.arange(0, BLOCK_R)
@@ -98,7 +101,9 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, po_ptr, lse_ptr, qk_scale, windo
 @triton.jit
 def _combine_kernel(po_ptr, lse_ptr, out_ptr, stride_om, stride_oh,
                     HQ: tl.constexpr, D: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                    BLOCK_NS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr):
+                    BLOCK_NS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+                    USE_PDL: tl.constexpr = False):
+    pdl_prologue(USE_PDL)
     row = tl.program_id(0)  # m * HQ + head
     sp = tl.arange(0, BLOCK_NS)
     lse = tl.load(lse_ptr + row * NUM_SPLITS + sp, mask=sp < NUM_SPLITS, other=float("-inf"))
@@ -183,11 +188,11 @@ def decode_attention(q, k_cache, v_cache, positions, out, *, sm_scale, num_split
         HAS_WINDOW=sliding_window is not None,
         BLOCK_R=block_r, BLOCK_S=BLOCK_S, BLOCK_D=block_d,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", INTERPRET=_INTERPRET,
-        num_warps=_num_warps(block_r, block_d), num_stages=NUM_STAGES)
+        num_warps=_num_warps(block_r, block_d), num_stages=NUM_STAGES, **launch_options(q))
     _combine_kernel[(m * hq,)](
         partial, lse, out, out.stride(0), out.stride(1), HQ=hq, D=dim, NUM_SPLITS=num_splits,
         BLOCK_NS=triton.next_power_of_2(num_splits), CHUNK=min(COMBINE_CHUNK, triton.next_power_of_2(num_splits)),
-        BLOCK_D=block_d, num_warps=4 if block_d >= 128 else 2)
+        BLOCK_D=block_d, num_warps=4 if block_d >= 128 else 2, **launch_options(q))
     return out
 
 

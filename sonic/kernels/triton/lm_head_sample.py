@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sonic.kernels.triton.pdl import launch_options, pdl_prologue
+
 BLOCK_V = 1024       # logits per stage-1 program: two 16-byte loads per thread at 4 warps
 _U_MAX = tl.constexpr(1.0 - 2.0 ** -24)  # largest float32 below 1: tl.rand can round up to exactly 1.0
 _U_MIN = tl.constexpr(2.0 ** -40)        # tl.rand can return 0.0; this keeps -log(-log(u)) finite
@@ -25,7 +27,9 @@ _U_MIN = tl.constexpr(2.0 ** -40)        # tl.rand can return 0.0; this keeps -l
 
 @triton.jit
 def _partial_kernel(logits_ptr, seed_ptr, step_ptr, val_ptr, idx_ptr, M, V, stride_lm,
-                    NUM_CHUNKS: tl.constexpr, GUMBEL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
+                    NUM_CHUNKS: tl.constexpr, GUMBEL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
+                    USE_PDL: tl.constexpr = False):
+    pdl_prologue(USE_PDL)
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     chunk = tl.program_id(1)
     col = chunk * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -49,7 +53,8 @@ def _partial_kernel(logits_ptr, seed_ptr, step_ptr, val_ptr, idx_ptr, M, V, stri
 
 @triton.jit
 def _final_kernel(val_ptr, idx_ptr, out_ptr, M, NUM_CHUNKS: tl.constexpr, BLOCK_R: tl.constexpr,
-                  BLOCK_C: tl.constexpr):
+                  BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr = False):
+    pdl_prologue(USE_PDL)
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.arange(0, BLOCK_C)
     ok = (row < M)[:, None] & (c < NUM_CHUNKS)[None, :]
@@ -86,11 +91,13 @@ def _launch(logits, seed, step, out_ids, gumbel: bool):
     vals, idxs = _workspace(m, chunks, logits.device)
     _partial_kernel[(triton.cdiv(m, block_r), chunks)](
         logits, seed, step, vals, idxs, m, v, logits.stride(0), NUM_CHUNKS=chunks, GUMBEL=gumbel,
-        BLOCK_R=block_r, BLOCK_V=block_v, num_warps=4 if block_r * block_v >= 512 else 1)
+        BLOCK_R=block_r, BLOCK_V=block_v, num_warps=4 if block_r * block_v >= 512 else 1,
+        **launch_options(logits))
     block_c = triton.next_power_of_2(chunks)
     block_r = min(triton.next_power_of_2(m), max(1, 1024 // block_c))
     _final_kernel[(triton.cdiv(m, block_r),)](vals, idxs, out_ids, m, NUM_CHUNKS=chunks, BLOCK_R=block_r,
-                                              BLOCK_C=block_c, num_warps=4 if block_r * block_c >= 512 else 1)
+                                              BLOCK_C=block_c, num_warps=4 if block_r * block_c >= 512 else 1,
+                                              **launch_options(logits))
     return out_ids
 
 

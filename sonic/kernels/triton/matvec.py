@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sonic.kernels.triton.pdl import launch_options, pdl_prologue
+
 _H100_SMS = 132
 _TILE_BYTES = 16384  # weight bytes loaded per program per K step: enough 16-byte loads in flight
 
@@ -133,7 +135,9 @@ def _matvec_kernel(x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr,
                    M, stride_xm, stride_rm, stride_om, eps, N: tl.constexpr, K: tl.constexpr,
                    HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                    SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+                   USE_PDL: tl.constexpr = False):
+    pdl_prologue(USE_PDL)
     rows = tl.arange(0, BLOCK_M)
     in_m = rows < M
     rstd = tl.zeros([BLOCK_M], tl.float32)
@@ -196,7 +200,7 @@ def fused_matvec(x, w, out, *, norm_weight=None, eps=1e-6, bias=None, residual=N
         SILU_MUL=silu_mul, EVEN_K=k % cfg.block_k == 0,
         PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=cfg.group,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(w))
     return out
 
 

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sonic.kernels.triton.pdl import launch_options, pdl_prologue
+
 
 @triton.jit
 def _rms_norm(x, xr, w_ptr, d, d_rot, in_d, eps, D: tl.constexpr):
@@ -39,7 +41,8 @@ def _qkv_rope_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, q_ptr, 
                      stride_qkv, stride_cos, stride_sin, stride_kch, stride_kcs, stride_vch, stride_vcs,
                      stride_qm, stride_qh,
                      HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                     HAS_QNORM: tl.constexpr, HAS_KNORM: tl.constexpr):
+                     HAS_QNORM: tl.constexpr, HAS_KNORM: tl.constexpr, USE_PDL: tl.constexpr = False):
+    pdl_prologue(USE_PDL)
     m = tl.program_id(0)
     h = tl.program_id(1)  # below HQ: a query head; from HQ: key head h - HQ, and its value head
     HALF: tl.constexpr = D // 2
@@ -97,7 +100,7 @@ def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, q_out, *, num_hea
         v_cache.stride(0), v_cache.stride(1), q_out.stride(0), q_out.stride(1),
         HQ=num_heads, HKV=num_kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         HAS_QNORM=q_norm_weight is not None, HAS_KNORM=k_norm_weight is not None,
-        num_warps=1 if head_dim <= 128 else 2,
+        num_warps=1 if head_dim <= 128 else 2, **launch_options(qkv),
         enable_fp_fusion=False)  # a fused multiply-add would skip the roundings the reference makes
     return q_out
 
