@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-DEFAULT = "0"
+DEFAULT = "1"  # on: measured faster on an H100 (docs/benchmarks.md)
 
 
 @functools.lru_cache(maxsize=None)
