@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 
-from sonic.errors import SonicError
 
 HELP = "commands: /reset clears the conversation, /exit (or Ctrl-D) quits"
 
@@ -19,10 +18,19 @@ def read_line(prompt: str) -> str | None:
     return None if line == "" else line.rstrip("\n")
 
 
+def print_stream(pieces) -> str:
+    """Write text pieces to stdout as they arrive, then a newline; returns the whole text."""
+    text = []
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        text.append(piece)
+    sys.stdout.write("\n")
+    return "".join(text)
+
+
 def run_chat(engine, sampling, max_tokens: int, stop: list[str], system: str | None) -> int:
-    tok = engine.tokenizer
-    if tok is None:
-        raise SonicError("this model folder has no tokenizer.json, so it cannot chat")
+    tok = engine.text_tokenizer()
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)
     if sys.stdin.isatty():
@@ -49,11 +57,6 @@ def run_chat(engine, sampling, max_tokens: int, stop: list[str], system: str | N
             sys.stderr.write(f"sonic: the conversation ({len(ids)} tokens) fills the context length "
                              f"of {engine.context_length}: /reset to start over\n")
             continue
-        reply = []
-        for piece in engine.stream(ids, budget, sampling, stop):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-            reply.append(piece)
-        sys.stdout.write("\n")
+        reply = print_stream(engine.stream(ids, budget, sampling, stop))
         sys.stderr.write(f"[{engine.last_stats.summary()}]\n")
-        history.append({"role": "assistant", "content": "".join(reply)})
+        history.append({"role": "assistant", "content": reply})

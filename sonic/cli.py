@@ -91,30 +91,19 @@ def messages_for(prompt: str, system: str | None) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
-def stream_to(out, pieces) -> str:
-    text = []
-    for piece in pieces:
-        out.write(piece)
-        out.flush()
-        text.append(piece)
-    return "".join(text)
-
-
 def cmd_generate(args) -> int:
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if not prompt.strip():
         raise SonicError("the prompt is empty: pass it as an argument or on stdin")
     sampling = sampling_from_args(args)  # validate flags before the (slow) model load
     engine = load_engine(args)
-    tok = engine.tokenizer
-    if tok is None:
-        raise SonicError("this model folder has no tokenizer.json, so it cannot take a text prompt")
+    tok = engine.text_tokenizer()
     if args.raw or not tok.chat_template:
         ids = tok.encode(prompt)
     else:
         ids = tok.encode_chat(messages_for(prompt, args.system))
-    stream_to(sys.stdout, engine.stream(ids, args.max_tokens, sampling, args.stop))
-    sys.stdout.write("\n")
+    from sonic.chat import print_stream
+    print_stream(engine.stream(ids, args.max_tokens, sampling, args.stop))
     sys.stderr.write(engine.last_stats.summary() + "\n")
     return 0
 

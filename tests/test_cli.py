@@ -148,3 +148,13 @@ def test_unsupported_quantisation_type(capsys, tmp_path):
     path = write_gguf(tmp_path / "iq.gguf", "llama", tiny_weights("llama") | {"blk.0.attn_v.weight": (raw, Q.IQ4_NL)})
     code, _, err = run(capsys, "generate", "hi", "--model", str(path))
     assert_user_error(code, err, "unsupported GGUF tensor type IQ4_NL")
+
+
+def test_model_folder_without_tokenizer(capsys, tmp_path):
+    from conftest import TINY_CONFIGS
+    from sonic.weights.random import random_state_dict
+    from sonic.weights.safetensors import save_hf_folder
+    config = TINY_CONFIGS["llama2"]
+    save_hf_folder(config, random_state_dict(config), tmp_path)
+    code, _, err = run(capsys, "generate", "hi", "--model", str(tmp_path))
+    assert_user_error(code, err, "no tokenizer.json")

@@ -75,6 +75,12 @@ class Engine:
         net = build_model(loaded.config, loaded.state_dict, ecfg.torch_dtype, device)
         return cls(loaded.config, make_runner(ecfg.runner, net), loaded.tokenizer, ecfg)
 
+    def text_tokenizer(self):
+        """The tokenizer, or a user error for a model folder that ships none."""
+        if self.tokenizer is None:
+            raise SonicError("this model folder has no tokenizer.json, so it cannot work with text")
+        return self.tokenizer
+
     @property
     def context_length(self) -> int:
         """The longest sequence this engine can run: the model's context, or a smaller fixed cache."""
@@ -117,9 +123,7 @@ class Engine:
         """Yield text pieces; a stop string ends the stream and is not part of it."""
         from sonic.stop import StopStrings
 
-        if self.tokenizer is None:
-            raise SonicError("this model folder has no tokenizer.json, so it cannot produce text")
-        detok = self.tokenizer.detokenizer()
+        detok = self.text_tokenizer().detokenizer()
         stops = StopStrings(list(stop)) if stop else None
         ids = self.generate_ids(prompt_ids, max_tokens, sampling)
         for token_id in ids:
