@@ -11,6 +11,7 @@ from sonic.config import EngineConfig, ModelConfig
 from sonic.engine.sampling import SamplingParams
 from sonic.errors import SonicError
 
+
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
