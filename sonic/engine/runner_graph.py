@@ -46,8 +46,7 @@ class GraphRunner(ReferenceRunner):
         self.positions = torch.zeros(m, dtype=torch.int32, device=dev)
         self.h = torch.zeros(m, c.hidden_size, dtype=torch.float32, device=dev)
         self.qkv = torch.zeros(m, c.q_size + 2 * c.kv_size, dtype=self.dtype, device=dev)
-        self.q = torch.zeros(m, c.num_attention_heads, c.head_dim, dtype=self.dtype, device=dev)
-        self.attn = torch.zeros_like(self.q)
+        self.attn = torch.zeros(m, c.num_attention_heads, c.head_dim, dtype=self.dtype, device=dev)
         self.act = torch.zeros(m, c.intermediate_size, dtype=self.dtype, device=dev)
         self.logits = torch.zeros(m, c.vocab_size, dtype=torch.float32, device=dev)
         self.seed = torch.zeros(1, dtype=torch.long, device=dev)
@@ -56,43 +55,52 @@ class GraphRunner(ReferenceRunner):
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
 
     # ---- one step of the fused path (eager; also what the graph captures) ----
-    def forward_step(self, m: int) -> torch.Tensor:
-        """Logits [m, V] for tokens[:m] at positions[:m]; writes their K/V into the cache."""
+    def _layers(self, m: int) -> torch.Tensor:
+        """The residual stream [m, H] after every layer for tokens[:m] at positions[:m]; writes their
+        K/V into the cache. Layer 0 reads the embedding rows in place (no gather launch)."""
         from sonic.kernels.triton.decode_attention import decode_attention
         from sonic.kernels.triton.matvec import fused_matvec
-        from sonic.kernels.triton.qkv_rope import qkv_rope_cache
 
         c, p = self.config, self.packed
-        h, qkv, q, attn, act = self.h[:m], self.qkv[:m], self.q[:m], self.attn[:m], self.act[:m]
-        pos = self.positions[:m]
-        h.copy_(p.embed.index_select(0, self.tokens[:m]))
+        h, qkv, attn, act = self.h[:m], self.qkv[:m], self.attn[:m], self.act[:m]
+        pos, tokens = self.positions[:m], self.tokens[:m]
         eps = c.rms_norm_eps
         for i, layer in enumerate(p.layers):
             k_cache, v_cache = self.cache.k[i, 0], self.cache.v[i, 0]
-            fused_matvec(h, layer.w_qkv, qkv, norm_weight=layer.attn_norm, eps=eps, bias=layer.b_qkv)
-            qkv_rope_cache(qkv, pos, self.cos, self.sin, k_cache, v_cache, q,
-                           num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads,
-                           head_dim=c.head_dim, q_norm_weight=layer.q_norm, k_norm_weight=layer.k_norm, eps=eps)
-            decode_attention(q, k_cache, v_cache, pos, attn, sm_scale=c.head_dim ** -0.5,
-                             num_splits=self.num_splits, sliding_window=c.sliding_window)
-            fused_matvec(attn.view(m, c.q_size), layer.w_o, h, residual=h)
+            first = i == 0
+            fused_matvec(p.embed if first else h, layer.w_qkv, qkv, norm_weight=layer.attn_norm, eps=eps,
+                         bias=layer.b_qkv, index=tokens if first else None)
+            decode_attention(qkv, pos, self.cos, self.sin, k_cache, v_cache, attn, num_heads=c.num_attention_heads,
+                             num_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, sm_scale=c.head_dim ** -0.5,
+                             num_splits=self.num_splits, q_norm_weight=layer.q_norm, k_norm_weight=layer.k_norm,
+                             eps=eps, sliding_window=c.sliding_window)
+            fused_matvec(attn.view(m, c.q_size), layer.w_o, h, residual=p.embed if first else h,
+                         index=tokens if first else None, gather="residual")
             fused_matvec(h, layer.w_gate_up, act, norm_weight=layer.mlp_norm, eps=eps, silu_mul=True)
             fused_matvec(act, layer.w_down, h, residual=h)
+        return h
+
+    def forward_step(self, m: int) -> torch.Tensor:
+        """Logits [m, V] for tokens[:m] at positions[:m]; writes their K/V into the cache."""
+        from sonic.kernels.triton.matvec import fused_matvec
+
         logits = self.logits[:m]
-        fused_matvec(h, p.lm_head, logits, norm_weight=p.final_norm, eps=eps)
+        fused_matvec(self._layers(m), self.packed.lm_head, logits, norm_weight=self.packed.final_norm,
+                     eps=self.config.rms_norm_eps)
         return logits
 
     def _decode_step(self, sampling: SamplingParams):
-        """One captured step: forward, choose the next token on the GPU, advance position and RNG."""
-        from sonic.kernels.triton.lm_head_sample import argmax_rows, gumbel_argmax
+        """One captured step: forward, choose the next token on the GPU; the choosing launch also
+        advances the position (and the RNG step)."""
+        from sonic.kernels.triton.lm_head_sample import gumbel_argmax, lm_head_argmax
 
-        logits = self.forward_step(1)
         if sampling.greedy:
-            argmax_rows(logits, self.tokens[:1])
+            lm_head_argmax(self._layers(1), self.packed.lm_head, self.logits[:1], self.tokens[:1],
+                           norm_weight=self.packed.final_norm, eps=self.config.rms_norm_eps,
+                           advance=self.positions[:1])
         else:
-            gumbel_argmax(filter_logits(logits, sampling), self.seed, self.step_counter, self.tokens[:1])
-            self.step_counter.add_(1)
-        self.positions[:1].add_(1)
+            logits = filter_logits(self.forward_step(1), sampling)
+            gumbel_argmax(logits, self.seed, self.step_counter, self.tokens[:1], advance=self.positions[:1])
 
     def _graph(self, sampling: SamplingParams) -> torch.cuda.CUDAGraph:
         key = ("greedy",) if sampling.greedy else (sampling.temperature, sampling.top_k, sampling.top_p)

@@ -24,3 +24,24 @@ def test_fused_step_matches_reference(family):
                      fused.forward_tokens(ids[6:12], 6)])
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-4
     assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen3"])
+def test_greedy_decode_step_chooses_and_advances_on_the_device(family):
+    """The captured step's body run eagerly: the LM head's argmax picks the token, the position moves on."""
+    from conftest import TINY_CONFIGS
+    from sonic.engine.sampling import SamplingParams
+    config = TINY_CONFIGS[family]
+    model = build_model(config, random_state_dict(config, seed=3))
+    fused = GraphRunner(model, max_len=64, require_cuda=False)
+    prompt = torch.randint(0, config.vocab_size, (7,), generator=torch.Generator().manual_seed(5)).tolist()
+    fused.reserve(len(prompt) + 8)
+    fused.tokens[:1] = fused.prefill(prompt).argmax()
+    fused.positions[:1] = len(prompt)
+    seq = prompt + [int(fused.tokens[0])]
+    for _ in range(6):
+        fused._decode_step(SamplingParams())
+        seq.append(int(fused.tokens[0]))
+    assert int(fused.positions[0]) == len(prompt) + 6
+    ref = ReferenceRunner(model).forward_all(seq)[len(prompt) - 1:-1]
+    assert seq[len(prompt):] == ref.argmax(-1).tolist()

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sonic.kernels.triton.lm_head_sample import BLOCK_V, argmax_rows, argmax_rows_ref, gumbel_argmax
+from sonic.kernels.triton.lm_head_sample import (BLOCK_V, argmax_rows, argmax_rows_ref, gumbel_argmax,
+                                                lm_head_argmax, reduce_argmax)
+from sonic.kernels.triton.matvec import fused_matvec_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -99,3 +101,44 @@ def test_gumbel_rejects_bad_seed():
     with pytest.raises(ValueError):
         gumbel_argmax(torch.zeros(1, 8, device=DEVICE), torch.tensor([1], device=DEVICE, dtype=torch.int32),
                       _scalar(0), _ids(1))
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_lm_head_argmax_matches_torch(m):
+    """The LM head's own argmax epilogue picks what torch.argmax picks from the logits it wrote."""
+    v, k = 5000, 64
+    x = torch.randn(m, k, device=DEVICE)
+    w = torch.randn(v, k, device=DEVICE)
+    w[4321] = w[17]  # a tie across tiles: the lower index
+    w[17] *= 3
+    nw = 1 + 0.1 * torch.randn(k, device=DEVICE)
+    logits = torch.full((m, v), float("nan"), device=DEVICE)
+    out = _ids(m)
+    lm_head_argmax(x, w, logits, out, norm_weight=nw, eps=1e-5)
+    torch.testing.assert_close(logits, fused_matvec_ref(x, w, norm_weight=nw, eps=1e-5, out_dtype=torch.float32),
+                               atol=1e-4, rtol=1e-4)
+    assert torch.equal(out, logits.argmax(-1))
+
+
+def test_reduce_argmax_over_many_chunks_advances_the_step():
+    chunks = 9000  # more than one unrolled pass of the final program
+    vals = torch.randn(1, chunks, device=DEVICE)
+    idxs = torch.arange(chunks, dtype=torch.int32, device=DEVICE)[None] * 3
+    vals[0, [100, 5000, 8999]] = 9.0  # ties in different passes: the first one
+    pos = torch.tensor([41], dtype=torch.int32, device=DEVICE)
+    step = _scalar(7)
+    out = _ids(1)
+    reduce_argmax(vals, idxs, out, advance=pos, step=step)
+    assert out.tolist() == [300] and pos.tolist() == [42] and step.tolist() == [8]
+    with pytest.raises(ValueError):
+        reduce_argmax(vals.expand(2, -1), idxs.expand(2, -1), _ids(2), advance=pos)
+
+
+def test_sampling_step_advances_position_and_rng_step():
+    logits = torch.randn(1, 300, device=DEVICE)
+    pos, step = torch.tensor([9], dtype=torch.int32, device=DEVICE), _scalar(0)
+    first, second = _ids(1), _ids(1)
+    gumbel_argmax(logits, _scalar(5), step, first, advance=pos)
+    assert pos.tolist() == [10] and step.tolist() == [1]
+    gumbel_argmax(logits, _scalar(5), _scalar(0), second)  # the same (seed, step): the same draw
+    assert torch.equal(first, second)

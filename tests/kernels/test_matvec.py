@@ -6,7 +6,8 @@ import itertools
 import pytest
 import torch
 
-from sonic.kernels.triton.matvec import MatvecConfig, fused_matvec, fused_matvec_ref, matvec_config
+from sonic.kernels.triton.matvec import (MAX_ARGMAX_TILES, MatvecConfig, fused_matvec, fused_matvec_ref,
+                                        matvec_config, num_tiles)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The interpreter mishandles bfloat16, so the CPU run covers float16 for the low-precision path.
@@ -113,6 +114,47 @@ def test_bit_identical_across_calls(m):
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("gather", ["x", "residual"])
+def test_rows_gathered_from_a_table(m, gather):
+    """Layer 0 reads its input (QKV) or its residual (O projection) straight from the embedding."""
+    dtype = DTYPES[-1]
+    table = torch.randn(50, 72, device=DEVICE).to(dtype)
+    index = torch.tensor([7, 49, 0][:m], device=DEVICE)
+    w = (torch.randn(72, 72, device=DEVICE) / 72 ** 0.5).to(dtype)
+    nw = (1 + 0.1 * torch.randn(72, device=DEVICE)).to(dtype)
+    out = torch.full((m, 72), float("nan"), device=DEVICE)
+    if gather == "x":
+        x = table
+        fused_matvec(x, w, out, norm_weight=nw, index=index)
+        ref = fused_matvec_ref(x, w, norm_weight=nw, index=index, out_dtype=torch.float32)
+    else:
+        x = torch.randn(m, 72, device=DEVICE)
+        fused_matvec(x, w, out, residual=table, index=index, gather="residual")
+        ref = fused_matvec_ref(x, w, residual=table, index=index, gather="residual", out_dtype=torch.float32)
+    _assert_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("m,config", [(1, MatvecConfig(1, 8, 64)), (1, None), (4, MatvecConfig(16, 16, 32, group=3))])
+def test_argmax_partials(m, config):
+    """Every tile leaves the max of its columns and the lowest index holding it, per row."""
+    n, k = 300, 72
+    x = torch.randn(m, k, device=DEVICE)
+    w = torch.randn(n, k, device=DEVICE)
+    w[40] = w[41] = w[45]  # equal logits inside a tile: the lowest index wins
+    cfg = config or matvec_config(m, n, k, norm=True, elem_bytes=4, argmax=True)
+    tiles = num_tiles(n, cfg)
+    vals = torch.full((m, tiles), float("nan"), device=DEVICE)
+    idxs = torch.full((m, tiles), -1, dtype=torch.int32, device=DEVICE)
+    out = torch.empty(m, n, device=DEVICE)
+    fused_matvec(x, w, out, norm_weight=torch.ones(k, device=DEVICE), argmax_partials=(vals, idxs), config=cfg)
+    padded = torch.full((m, tiles * cfg.block_n), float("-inf"), device=DEVICE)
+    padded[:, :n] = out
+    want_vals, want_pos = padded.view(m, tiles, cfg.block_n).max(-1)  # max() returns the first maximum
+    assert torch.equal(vals, want_vals)
+    assert torch.equal(idxs.long(), want_pos + torch.arange(tiles, device=DEVICE) * cfg.block_n)
+
+
 def test_rejects_bad_shapes():
     x, w = torch.randn(17, 8, device=DEVICE), torch.randn(4, 8, device=DEVICE)
     with pytest.raises(ValueError):
@@ -135,6 +177,8 @@ def test_config_fills_the_gpu(m, n, k, silu, norm):
     assert cfg.block_k <= max(64, 1 << (k - 1).bit_length())
     if m > 1:
         assert cfg.block_m == 16 and cfg.block_n >= 16 and cfg.block_k >= 16
+    if m == 1 and n >= 32768:
+        assert num_tiles(n, matvec_config(m, n, k, norm=norm, argmax=True)) <= MAX_ARGMAX_TILES
     programs = -(-n // (cfg.block_n * cfg.group))
     # M == 1 wants many programs; M > 1 accepts about one per SM (see matvec_config).
     want = 2 * 132 if m == 1 else 132 * 0.7

@@ -1,10 +1,16 @@
-"""Split-KV flash-decoding with GQA for 1..16 query rows (decode, speculative verification).
+"""Attention for 1..16 query rows (decode, speculative verification) in one launch per layer.
 
-Pass 1, grid (Hkv, num_splits): each program takes one KV head and one slice of the keys, and runs all
-`group` query heads of every row at once as a [M*group, D] tile, so each key tile is read once for
-them all. It leaves a partial output and a log-sum-exp per (row, head, split) in a float32 workspace.
-Pass 2 merges the splits. The KV length and the slice bounds come from `positions` on the device, so
-one CUDA graph serves every step.
+Input is the packed QKV projection of the new rows. Grid (Hkv, num_splits): each program takes one KV
+head and runs its `group` query heads of every row at once as a [M*group, D] tile, so each key tile is
+read once for them all. The prologue applies q/k RMSNorm (Qwen3) and RoPE (`qkv_rope.load_rope_heads`).
+Split-KV: the cached keys before the first new row are divided among the splits, at least
+MIN_SPLIT_TILES tiles each; one split (the last, or split 0 alone at short contexts) also attends to the
+new rows' keys straight from registers and writes them (and their values) to the cache, so no program
+reads a cache row written in the same launch. With one split busy, it stores the output itself.
+Otherwise each split leaves a partial output and a log-sum-exp in a float32 workspace; the last program
+of a KV head to finish (an atomic counter, reset by that program) merges the splits in a fixed order,
+so results do not depend on timing.
+The KV length and slice bounds come from `positions` on the device: one CUDA graph serves every step.
 """
 from __future__ import annotations
 
@@ -13,28 +19,20 @@ import triton
 import triton.language as tl
 
 from sonic.kernels.triton.pdl import launch_options, pdl_prologue
+from sonic.kernels.triton.qkv_rope import load_rope_heads, qkv_rope_cache_ref, rope_at
 from triton.runtime.interpreter import InterpretedFunction
 
-BLOCK_S = 64         # keys per tile
-NUM_STAGES = 3       # key tiles in flight per program
-COMBINE_CHUNK = 16   # splits merged per step of pass 2
+BLOCK_S = 64          # keys per tile
+NUM_STAGES = 3        # key tiles in flight per program
+MAX_SPLITS = 16       # more splits only lengthen the merge at the contexts a step sees
+MIN_SPLIT_TILES = tl.constexpr(1)  # a split takes at least this many key tiles (timed: 1 beats 8)
+COMBINE_ELEMS = 8192  # float32 partials one program holds at once while merging
 _LOG2E = 1.4426950408889634
 _H100_SMS = 132
 
 
 @triton.jit
-def _attend_tile(blk, q, m_i, l_i, acc, k_base, v_base, pos_r, kv_len, window, qk_scale, stride_ks, stride_vs,
-                 d, in_d, HAS_WINDOW: tl.constexpr, BLOCK_S: tl.constexpr, PRECISION: tl.constexpr):
-    s_idx = blk * BLOCK_S + tl.arange(0, BLOCK_S)
-    # Rows past kv_len may hold anything (NaN too): zero them so 0 * NaN never reaches the sums.
-    kv_mask = (s_idx < kv_len)[:, None] & in_d[None, :]
-    k = tl.load(k_base + s_idx[:, None] * stride_ks + d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(v_base + s_idx[:, None] * stride_vs + d[None, :], mask=kv_mask, other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-    ok = s_idx[None, :] <= pos_r[:, None]
-    if HAS_WINDOW:
-        ok = ok & (s_idx[None, :] > pos_r[:, None] - window)
-    s = tl.where(ok, s, float("-inf"))
+def _softmax_update(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # A row that has seen no key yet keeps max -inf; subtract 0 instead so exp2 gives 0, not NaN.
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -46,158 +44,252 @@ def _attend_tile(blk, q, m_i, l_i, acc, k_base, v_base, pos_r, kv_len, window, q
 
 
 @triton.jit
-def _split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, po_ptr, lse_ptr, qk_scale, window,
-                  stride_qm, stride_qh, stride_kh, stride_ks, stride_vh, stride_vs,
-                  M: tl.constexpr, GROUP: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr,
-                  NUM_SPLITS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                  BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-                  PRECISION: tl.constexpr, INTERPRET: tl.constexpr, USE_PDL: tl.constexpr = False):
-    pdl_prologue(USE_PDL)
-    kvh = tl.program_id(0)
-    split = tl.program_id(1)
-    r = tl.arange(0, BLOCK_R)
-    d = tl.arange(0, BLOCK_D)
-    row_m = r // GROUP
-    head = kvh * GROUP + r % GROUP
-    in_r = r < M * GROUP
-    in_d = d < D
-    # Padding rows get position -1: they see no key and are never stored.
-    pos_r = tl.load(pos_ptr + row_m, mask=in_r, other=-1)
-    kv_len = tl.load(pos_ptr + M - 1) + 1
-    first_blk = 0
-    if HAS_WINDOW:
-        first_blk = tl.maximum(tl.load(pos_ptr) - window + 1, 0) // BLOCK_S
-    n_blk = tl.cdiv(kv_len, BLOCK_S) - first_blk
-    per_split = tl.cdiv(n_blk, NUM_SPLITS)
-    blk_lo = first_blk + split * per_split
-    blk_hi = tl.minimum(blk_lo + per_split, first_blk + n_blk)
-
-    q = tl.load(q_ptr + row_m[:, None] * stride_qm + head[:, None] * stride_qh + d[None, :],
-                mask=in_r[:, None] & in_d[None, :], other=0.0)
-    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_R], tl.float32)
-    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-    k_base = k_ptr + kvh * stride_kh
-    v_base = v_ptr + kvh * stride_vh
-    if INTERPRET:
-        # The interpreter keeps device scalars as size-1 arrays, which numpy 2 refuses as range() bounds.
-        blk = blk_lo
-        while blk < blk_hi:
-            m_i, l_i, acc = _attend_tile(blk, q, m_i, l_i, acc, k_base, v_base, pos_r, kv_len, window, qk_scale,
-                                         stride_ks, stride_vs, d, in_d, HAS_WINDOW, BLOCK_S, PRECISION)
-            blk += 1
-    else:
-        for blk in range(blk_lo, blk_hi):
-            m_i, l_i, acc = _attend_tile(blk, q, m_i, l_i, acc, k_base, v_base, pos_r, kv_len, window, qk_scale,
-                                         stride_ks, stride_vs, d, in_d, HAS_WINDOW, BLOCK_S, PRECISION)
-    seen = l_i > 0
-    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    ws = (row_m * HQ + head) * NUM_SPLITS + split
-    tl.store(lse_ptr + ws, lse, mask=in_r)
-    tl.store(po_ptr + ws[:, None] * D + d[None, :], out, mask=in_r[:, None] & in_d[None, :])
+def _load_kv_tile(blk, k_base, v_base, kv_len, stride_ks, stride_vs, d, in_d, BLOCK_S: tl.constexpr):
+    s_idx = blk * BLOCK_S + tl.arange(0, BLOCK_S)
+    # Rows past kv_len may hold anything (NaN too): zero them so 0 * NaN never reaches the sums.
+    kv_mask = (s_idx < kv_len)[:, None] & in_d[None, :]
+    k = tl.load(k_base + s_idx[:, None] * stride_ks + d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + s_idx[:, None] * stride_vs + d[None, :], mask=kv_mask, other=0.0)
+    return k, v
 
 
 @triton.jit
-def _combine_kernel(po_ptr, lse_ptr, out_ptr, stride_om, stride_oh,
-                    HQ: tl.constexpr, D: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                    BLOCK_NS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
-                    USE_PDL: tl.constexpr = False):
-    pdl_prologue(USE_PDL)
-    row = tl.program_id(0)  # m * HQ + head
+def _attend_tile(k, v, blk, q, m_i, l_i, acc, pos_r, kv_len, window, qk_scale,
+                 HAS_WINDOW: tl.constexpr, BLOCK_S: tl.constexpr, PRECISION: tl.constexpr):
+    s_idx = blk * BLOCK_S + tl.arange(0, BLOCK_S)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    ok = (s_idx < kv_len)[None, :] & (s_idx[None, :] <= pos_r[:, None])
+    if HAS_WINDOW:
+        ok = ok & (s_idx[None, :] > pos_r[:, None] - window)
+    return _softmax_update(tl.where(ok, s, float("-inf")), v, m_i, l_i, acc, PRECISION)
+
+
+@triton.jit
+def _new_rows(qkv_ptr, kw_ptr, kc_ptr, vc_ptr, eps, kvh, j, in_j, pos_j, c, s, stride_qkv, stride_kh, stride_ks,
+              stride_vh, stride_vs, d, in_d, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HAS_KNORM: tl.constexpr):
+    """Keys (normed, roped) and values of the new rows for KV head `kvh`, also written to the cache."""
+    heads = tl.full([BLOCK_M], HQ, tl.int32) + kvh
+    k = load_rope_heads(qkv_ptr, stride_qkv, j, heads, in_j, c, s, kw_ptr, eps, D, BLOCK_D, HAS_KNORM)
+    mask = in_j[:, None] & in_d[None, :]
+    v = tl.load(qkv_ptr + j[:, None] * stride_qkv + (HQ + HKV + kvh) * D + d[None, :], mask=mask, other=0.0)
+    tl.store(kc_ptr + kvh * stride_kh + pos_j[:, None] * stride_ks + d[None, :], k, mask=mask)
+    tl.store(vc_ptr + kvh * stride_vh + pos_j[:, None] * stride_vs + d[None, :], v, mask=mask)
+    return k, v
+
+
+@triton.jit
+def _merge_splits(po_ptr, lse_ptr, out_ptr, kvh, stride_om, stride_oh,
+                  M: tl.constexpr, GROUP: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr,
+                  NUM_SPLITS: tl.constexpr, BLOCK_NS: tl.constexpr, BLOCK_D: tl.constexpr,
+                  COMBINE_R: tl.constexpr, COMBINE_CHUNKS: tl.constexpr):
+    """out = softmax-weighted sum of the splits' partial outputs, for every row of KV head `kvh`."""
     sp = tl.arange(0, BLOCK_NS)
-    lse = tl.load(lse_ptr + row * NUM_SPLITS + sp, mask=sp < NUM_SPLITS, other=float("-inf"))
-    mx = tl.max(lse, 0)  # finite: every row sees at least its own key
-    total = tl.sum(tl.exp2(lse - mx), 0)
     d = tl.arange(0, BLOCK_D)
     in_d = d < D
-    acc = tl.zeros([BLOCK_D], tl.float32)
-    for c in tl.static_range(0, NUM_SPLITS, CHUNK):
-        s = c + tl.arange(0, CHUNK)
-        l = tl.load(lse_ptr + row * NUM_SPLITS + s, mask=s < NUM_SPLITS, other=float("-inf"))
-        # Empty splits are skipped, not read: their partial rows were never written.
-        o = tl.load(po_ptr + (row * NUM_SPLITS + s)[:, None] * D + d[None, :],
-                    mask=(l > float("-inf"))[:, None] & in_d[None, :], other=0.0)
-        acc += tl.sum(tl.exp2(l - mx)[:, None] * o, 0)
-    m = row // HQ
-    h = row % HQ
-    tl.store(out_ptr + m * stride_om + h * stride_oh + d, acc / total, mask=in_d)
+    for c in tl.static_range(COMBINE_CHUNKS):  # unrolled: the chunks' loads are all in flight at once
+        r = c * COMBINE_R + tl.arange(0, COMBINE_R)
+        in_r = r < M * GROUP
+        row_m = r // GROUP
+        head = kvh * GROUP + r % GROUP
+        ws = (row_m * HQ + head) * NUM_SPLITS
+        ok = in_r[:, None] & (sp < NUM_SPLITS)[None, :]
+        # .cg: read from L2, where the other programs' stores are, never a stale L1 line.
+        lse = tl.load(lse_ptr + ws[:, None] + sp[None, :], mask=ok, other=float("-inf"), cache_modifier=".cg")
+        mx = tl.max(lse, 1)
+        mx = tl.where(mx == float("-inf"), 0.0, mx)  # padding rows
+        w = tl.exp2(lse - mx[:, None])  # 0 for empty splits
+        # Every split stored a partial (zeros where it saw no key), so this load need not wait for lse.
+        o_mask = ok[:, :, None] & in_d[None, None, :]
+        o = tl.load(po_ptr + (ws[:, None] + sp[None, :])[:, :, None] * D + d[None, None, :], mask=o_mask,
+                    other=0.0, cache_modifier=".cg")
+        total = tl.sum(w, 1)
+        res = tl.sum(w[:, :, None] * o, 1) / tl.where(total > 0, total, 1.0)[:, None]
+        tl.store(out_ptr + row_m[:, None] * stride_om + head[:, None] * stride_oh + d[None, :],
+                 res.to(out_ptr.dtype.element_ty), mask=in_r[:, None] & in_d[None, :])
 
 
-# Decided when the kernels were decorated: the interpreter needs another loop form (see _split_kernel).
-_INTERPRET = isinstance(_split_kernel, InterpretedFunction)
+@triton.jit
+def _attention_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, kc_ptr, vc_ptr, out_ptr,
+                      po_ptr, lse_ptr, cnt_ptr, eps, qk_scale, window,
+                      stride_qkv, stride_cos, stride_kh, stride_ks, stride_vh, stride_vs, stride_om, stride_oh,
+                      M: tl.constexpr, GROUP: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
+                      NUM_SPLITS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_QNORM: tl.constexpr,
+                      HAS_KNORM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_NS: tl.constexpr,
+                      COMBINE_R: tl.constexpr, COMBINE_CHUNKS: tl.constexpr,
+                      PRECISION: tl.constexpr, INTERPRET: tl.constexpr, USE_PDL: tl.constexpr = False):
+    kvh = tl.program_id(0)
+    split = tl.program_id(1)
+    d = tl.arange(0, BLOCK_D)
+    in_d = d < D
+    r = tl.arange(0, BLOCK_R)
+    row_m = r // GROUP
+    head = kvh * GROUP + r % GROUP
+    in_r = r < M * GROUP
+    # Positions and the cached keys before the first new row were written by earlier steps, so the
+    # first key tile is loaded before waiting for the QKV projection (whose output the rest needs).
+    # Padding rows get position -1: they see no key and are never stored.
+    pos_r = tl.load(pos_ptr + row_m, mask=in_r, other=-1)
+    kv_len = tl.load(pos_ptr)
+    first_blk = 0
+    if HAS_WINDOW:
+        first_blk = tl.maximum(kv_len - window + 1, 0) // BLOCK_S
+    n_blk = tl.cdiv(kv_len, BLOCK_S) - first_blk
+    per_split = tl.maximum(tl.cdiv(n_blk, NUM_SPLITS), MIN_SPLIT_TILES)
+    # A short context fits in split 0 alone: it also takes the new rows and stores the output itself.
+    single = n_blk <= per_split
+    blk_lo = first_blk + split * per_split
+    blk_hi = tl.minimum(blk_lo + per_split, first_blk + n_blk)
+    k_base = kc_ptr + kvh * stride_kh
+    v_base = vc_ptr + kvh * stride_vh
+    k0, v0 = _load_kv_tile(blk_lo, k_base, v_base, kv_len, stride_ks, stride_vs, d, in_d, BLOCK_S)
+    dtype = qkv_ptr.dtype.element_ty
+    c_q, s_q = rope_at(cos_ptr, sin_ptr, stride_cos, pos_r, in_r, dtype, D, BLOCK_D)
+    j = tl.arange(0, BLOCK_M)
+    in_j = j < M
+    pos_j = tl.load(pos_ptr + j, mask=in_j, other=0)
+    c_k, s_k = rope_at(cos_ptr, sin_ptr, stride_cos, pos_j, in_j, dtype, D, BLOCK_D)
+    pdl_prologue(USE_PDL)
+
+    q = load_rope_heads(qkv_ptr, stride_qkv, row_m, head, in_r, c_q, s_q, qw_ptr, eps, D, BLOCK_D, HAS_QNORM)
+    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    # Cached keys: positions before the first new row, split evenly over the programs of this head.
+    # The prefetched tile is all masked out when this split has none (blk_lo is then past kv_len).
+    m_i, l_i, acc = _attend_tile(k0, v0, blk_lo, q, m_i, l_i, acc, pos_r, kv_len, window, qk_scale,
+                                 HAS_WINDOW, BLOCK_S, PRECISION)
+    if INTERPRET:
+        # The interpreter keeps device scalars as size-1 arrays, which numpy 2 refuses as range() bounds.
+        blk = blk_lo + 1
+        while blk < blk_hi:
+            k, v = _load_kv_tile(blk, k_base, v_base, kv_len, stride_ks, stride_vs, d, in_d, BLOCK_S)
+            m_i, l_i, acc = _attend_tile(k, v, blk, q, m_i, l_i, acc, pos_r, kv_len, window, qk_scale,
+                                         HAS_WINDOW, BLOCK_S, PRECISION)
+            blk += 1
+    else:
+        for blk in range(blk_lo + 1, blk_hi):
+            k, v = _load_kv_tile(blk, k_base, v_base, kv_len, stride_ks, stride_vs, d, in_d, BLOCK_S)
+            m_i, l_i, acc = _attend_tile(k, v, blk, q, m_i, l_i, acc, pos_r, kv_len, window, qk_scale,
+                                         HAS_WINDOW, BLOCK_S, PRECISION)
+
+    if split == tl.where(single, 0, NUM_SPLITS - 1):
+        k, v = _new_rows(qkv_ptr, kw_ptr, kc_ptr, vc_ptr, eps, kvh, j, in_j, pos_j, c_k, s_k, stride_qkv,
+                         stride_kh, stride_ks, stride_vh, stride_vs, d, in_d, HQ, HKV, D, BLOCK_M, BLOCK_D, HAS_KNORM)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        ok = in_j[None, :] & (pos_j[None, :] <= pos_r[:, None])
+        if HAS_WINDOW:
+            ok = ok & (pos_j[None, :] > pos_r[:, None] - window)
+        m_i, l_i, acc = _softmax_update(tl.where(ok, s, float("-inf")), v, m_i, l_i, acc, PRECISION)
+
+    seen = l_i > 0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    if single:
+        if split == 0:
+            tl.store(out_ptr + row_m[:, None] * stride_om + head[:, None] * stride_oh + d[None, :],
+                     out.to(out_ptr.dtype.element_ty), mask=in_r[:, None] & in_d[None, :])
+    else:
+        lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+        ws = (row_m * HQ + head) * NUM_SPLITS + split
+        tl.store(lse_ptr + ws, lse, mask=in_r)
+        tl.store(po_ptr + ws[:, None] * D + d[None, :], out, mask=in_r[:, None] & in_d[None, :])
+        # Every thread's stores precede the counter's release (the barrier), so the program that sees
+        # the count complete (acquire) reads every split's partials.
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt_ptr + kvh, 1, sem="acq_rel", scope="gpu")
+        if done == NUM_SPLITS - 1:
+            tl.atomic_xchg(cnt_ptr + kvh, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+            _merge_splits(po_ptr, lse_ptr, out_ptr, kvh, stride_om, stride_oh, M, GROUP, HQ, D, NUM_SPLITS,
+                          BLOCK_NS, BLOCK_D, COMBINE_R, COMBINE_CHUNKS)
+
+
+# Decided when the kernel was decorated: the interpreter needs another loop form (see _attention_kernel).
+_INTERPRET = isinstance(_attention_kernel, InterpretedFunction)
 
 
 def default_num_splits(num_kv_heads: int, max_len: int) -> int:
-    """One wave of programs, one per SM, once the context is long; never more splits than key tiles.
-    (Measured on an H100 with 8 KV heads: 16 splits beat 8, 24 and 33 from 512 to 8192 keys.)"""
+    """About one wave of programs once the context is long, at most MAX_SPLITS; never more splits than
+    key tiles. (Measured on an H100 with 8 KV heads: 16 splits beat 8, 24 and 33 from 512 to 8192 keys.)"""
     sms = _H100_SMS
     if torch.cuda.is_available():
         sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    return max(1, min(triton.cdiv(max_len, BLOCK_S), sms // num_kv_heads))
+    return max(1, min(triton.cdiv(max_len, BLOCK_S), sms // num_kv_heads, MAX_SPLITS))
 
 
-def _num_warps(block_r: int, block_d: int) -> int:
-    return 8 if block_r * block_d >= 128 * 128 else 4
-
-
-_workspaces: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def make_workspace(m: int, num_heads: int, head_dim: int, num_splits: int,
-                   device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(partial outputs float32 [M, Hq, splits, D], log2-sum-exp float32 [M, Hq, splits])."""
+def make_workspace(m: int, num_heads: int, num_kv_heads: int, head_dim: int, num_splits: int, device):
+    """(partial outputs float32 [M, Hq, splits, D], log2-sum-exp float32 [M, Hq, splits],
+    merge counters int32 [Hkv], zero between launches)."""
     return (torch.empty(m, num_heads, num_splits, head_dim, dtype=torch.float32, device=device),
-            torch.empty(m, num_heads, num_splits, dtype=torch.float32, device=device))
+            torch.empty(m, num_heads, num_splits, dtype=torch.float32, device=device),
+            torch.zeros(num_kv_heads, dtype=torch.int32, device=device))
 
 
-def _workspace(m, num_heads, head_dim, num_splits, device):
-    key = (str(device), m, num_heads, head_dim, num_splits)
+_workspaces: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+
+def _workspace(*key):
+    # Allocated on the first call for a shape: make that call before capturing a graph.
     if key not in _workspaces:
-        _workspaces[key] = make_workspace(m, num_heads, head_dim, num_splits, device)
+        _workspaces[key] = make_workspace(*key)
     return _workspaces[key]
 
 
-def decode_attention(q, k_cache, v_cache, positions, out, *, sm_scale, num_splits, sliding_window=None,
-                     workspace=None):
-    """out[m, h] = softmax(q[m, h] . K^T * sm_scale) V over keys j <= positions[m] (and
-    j > positions[m] - sliding_window), K/V the cache rows of KV head h // (Hq // Hkv).
+def _check(qkv, k_cache, v_cache, out, num_heads, num_kv_heads, head_dim):
+    m = qkv.shape[0]
+    if not 1 <= m <= 16 or qkv.shape[1] != (num_heads + 2 * num_kv_heads) * head_dim or qkv.stride(1) != 1:
+        raise ValueError(f"qkv must be [M <= 16, (Hq + 2*Hkv) * D] with contiguous rows, got {tuple(qkv.shape)}")
+    if num_heads % num_kv_heads or head_dim % 2:
+        raise ValueError("Hq must be a multiple of Hkv, and RoPE needs an even head_dim")
+    for cache in (k_cache, v_cache):
+        if cache.shape[0] != num_kv_heads or cache.shape[2] != head_dim or cache.stride(2) != 1:
+            raise ValueError(f"cache must be [Hkv, S, D] with contiguous D, got {tuple(cache.shape)}")
+        if cache.dtype != qkv.dtype:
+            raise ValueError(f"cache dtype {cache.dtype} differs from qkv dtype {qkv.dtype}")
+    if out.shape != (m, num_heads, head_dim) or out.stride(2) != 1:
+        raise ValueError(f"out must be [M, Hq, D] with contiguous D, got {tuple(out.shape)}")
 
-    q, out [M, Hq, D]; k_cache, v_cache [Hkv, S, D]; positions int32 [M], increasing, on the device.
-    `workspace` is `make_workspace(M, Hq, D, num_splits, device)`, or None for one cached per shape."""
-    m, hq, dim = q.shape
-    hkv = k_cache.shape[0]
-    if hq % hkv or k_cache.shape[2] != dim or v_cache.shape != k_cache.shape or out.shape != q.shape:
-        raise ValueError(f"shapes disagree: q {tuple(q.shape)}, cache {tuple(k_cache.shape)}, "
-                         f"out {tuple(out.shape)}")
-    if q.stride(2) != 1 or k_cache.stride(2) != 1 or v_cache.stride(2) != 1 or out.stride(2) != 1:
-        raise ValueError("q, out and the caches need a contiguous last dimension")
+
+def decode_attention(qkv, positions, cos, sin, k_cache, v_cache, out, *, num_heads, num_kv_heads, head_dim,
+                     sm_scale, num_splits, q_norm_weight=None, k_norm_weight=None, eps=1e-6,
+                     sliding_window=None, workspace=None):
+    """out[m, h] = softmax(q[m, h] . K^T * sm_scale) V over keys j <= positions[m] (and
+    j > positions[m] - sliding_window), with q, k = RoPE(RMSNorm?(projection)) of `qkv` [M, (Hq+2Hkv)*D].
+
+    Writes the new rows' k and v to the caches [Hkv, S, D] at `positions` (int32 [M], consecutive, on the
+    device). cos/sin: float32 [P, D] rotate-half tables. out [M, Hq, D]. `workspace` is
+    `make_workspace(M, Hq, Hkv, D, num_splits, device)`, or None for one cached per shape."""
+    _check(qkv, k_cache, v_cache, out, num_heads, num_kv_heads, head_dim)
+    m, hq, hkv, dim = qkv.shape[0], num_heads, num_kv_heads, head_dim
     group = hq // hkv
     if workspace is None:
-        workspace = _workspace(m, hq, dim, num_splits, q.device)
-    partial, lse = workspace
-    if partial.shape != (m, hq, num_splits, dim) or lse.shape != (m, hq, num_splits):
+        workspace = _workspace(m, hq, hkv, dim, num_splits, qkv.device)
+    partial, lse, counters = workspace
+    if partial.shape != (m, hq, num_splits, dim) or counters.shape != (hkv,):
         raise ValueError("workspace was made for another shape")
-    rows = m * group
-    block_r = max(16, triton.next_power_of_2(rows))
+    block_r = max(16, triton.next_power_of_2(m * group))
     block_d = triton.next_power_of_2(dim)
-    _split_kernel[(hkv, num_splits)](
-        q, k_cache, v_cache, positions, partial, lse, sm_scale * _LOG2E, sliding_window or 0,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-        M=m, GROUP=group, HQ=hq, D=dim, NUM_SPLITS=num_splits,
-        HAS_WINDOW=sliding_window is not None,
-        BLOCK_R=block_r, BLOCK_S=BLOCK_S, BLOCK_D=block_d,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", INTERPRET=_INTERPRET,
-        num_warps=_num_warps(block_r, block_d), num_stages=NUM_STAGES, **launch_options(q))
-    _combine_kernel[(m * hq,)](
-        partial, lse, out, out.stride(0), out.stride(1), HQ=hq, D=dim, NUM_SPLITS=num_splits,
-        BLOCK_NS=triton.next_power_of_2(num_splits), CHUNK=min(COMBINE_CHUNK, triton.next_power_of_2(num_splits)),
-        BLOCK_D=block_d, num_warps=4 if block_d >= 128 else 2, **launch_options(q))
+    block_ns = triton.next_power_of_2(num_splits)
+    combine_r = min(triton.next_power_of_2(m * group), max(1, COMBINE_ELEMS // (block_ns * block_d)))
+    _attention_kernel[(hkv, num_splits)](
+        qkv, positions, cos, sin,
+        q_norm_weight if q_norm_weight is not None else qkv, k_norm_weight if k_norm_weight is not None else qkv,
+        k_cache, v_cache, out, partial, lse, counters, eps, sm_scale * _LOG2E, sliding_window or 0,
+        qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+        out.stride(0), out.stride(1),
+        M=m, GROUP=group, HQ=hq, HKV=hkv, D=dim, NUM_SPLITS=num_splits, HAS_WINDOW=sliding_window is not None,
+        HAS_QNORM=q_norm_weight is not None, HAS_KNORM=k_norm_weight is not None,
+        BLOCK_R=block_r, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_S=BLOCK_S, BLOCK_D=block_d,
+        BLOCK_NS=block_ns, COMBINE_R=combine_r, COMBINE_CHUNKS=triton.cdiv(m * group, combine_r),
+        PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32", INTERPRET=_INTERPRET,
+        num_warps=8 if block_r * block_d >= 128 * 128 else 4, num_stages=NUM_STAGES,
+        enable_fp_fusion=False,  # a fused multiply-add would skip the roundings the reference RoPE makes
+        **launch_options(qkv))
     return out
 
 
-def decode_attention_ref(q, k_cache, v_cache, positions, *, sm_scale, sliding_window=None) -> torch.Tensor:
-    """Plain PyTorch in float32, cast back to q's dtype (reads positions on the host)."""
+def attend_ref(q, k_cache, v_cache, positions, *, sm_scale, sliding_window=None) -> torch.Tensor:
+    """Attention of roped q [M, Hq, D] over the cache, plain PyTorch in float32, cast back to q's dtype."""
     m, hq, _ = q.shape
     group = hq // k_cache.shape[0]
     kv_len = int(positions[-1]) + 1
@@ -211,3 +303,14 @@ def decode_attention_ref(q, k_cache, v_cache, positions, *, sm_scale, sliding_wi
         mask &= j > pos - sliding_window
     scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
     return torch.einsum("mhj,hjd->mhd", scores.softmax(-1), v).to(q.dtype)
+
+
+def decode_attention_ref(qkv, positions, cos, sin, k_cache, v_cache, *, num_heads, num_kv_heads, head_dim,
+                         sm_scale, q_norm_weight=None, k_norm_weight=None, eps=1e-6,
+                         sliding_window=None) -> torch.Tensor:
+    """Plain PyTorch with the semantics of `decode_attention` (reads positions on the host)."""
+    q = torch.empty(qkv.shape[0], num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    qkv_rope_cache_ref(qkv, positions, cos, sin, k_cache, v_cache, q, num_heads=num_heads,
+                       num_kv_heads=num_kv_heads, head_dim=head_dim, q_norm_weight=q_norm_weight,
+                       k_norm_weight=k_norm_weight, eps=eps)
+    return attend_ref(q, k_cache, v_cache, positions, sm_scale=sm_scale, sliding_window=sliding_window)

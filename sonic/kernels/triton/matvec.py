@@ -1,7 +1,9 @@
 """Fused matrix-vector product for 1..16 query rows: the weight-streaming core of batch-1 decode.
 
 out = [residual +] epilogue(rmsnorm?(x) @ w.T [+ bias]), where the epilogue is either nothing or, for a
-stacked [gate; up] weight, silu(gate) * up. Each program owns BLOCK_N output rows and streams the whole
+stacked [gate; up] weight, silu(gate) * up. Rows of x or of the residual can be gathered from a table
+(the embedding: layer 0 needs no copy of it), and the LM head can leave per-tile argmax partials (greedy
+decoding needs no second pass over the logits). Each program owns BLOCK_N output rows and streams the whole
 K dimension of its weight rows once, so the kernel runs at the speed of reading w. The RMSNorm row
 statistics are recomputed by every program (x is a few KB and sits in L2) instead of costing a launch.
 No atomics and no split-K: a fixed shape always gives a fixed grid and bit-identical results.
@@ -18,7 +20,8 @@ import triton.language as tl
 from sonic.kernels.triton.pdl import launch_options, pdl_prologue
 
 _H100_SMS = 132
-_TILE_BYTES = 16384  # weight bytes loaded per program per K step: enough 16-byte loads in flight
+_TILE_BYTES = 16384  # weight bytes loaded per program per K step (M > 1; the LM head at M = 1)
+MAX_ARGMAX_TILES = 16384  # argmax partials per row the LM head may leave for the final reduction
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,13 @@ class MatvecConfig:
 
 
 def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, norm: bool = False,
-                  elem_bytes: int = 2) -> MatvecConfig:
-    """Block sizes for M rows, N output columns (I for silu_mul) and K inputs (timed on an H100).
+                  elem_bytes: int = 2, argmax: bool = False) -> MatvecConfig:
+    """Block sizes for M rows, N output columns (I for silu_mul) and K inputs (timed on an H100 with
+    scripts/tune_matvec.py).
 
-    M == 1: many small programs hide latency best on the small matrices of a 1B model, so BLOCK_N is
-    the largest that still gives about eight programs per SM; BLOCK_K fills a tile of _TILE_BYTES
-    (split over the gate and up tiles for silu_mul).
+    M == 1: each program streams whole rows, K in steps of up to 2048, with about 8 KB of weights per
+    step (16 KB for the huge LM head): small tiles give many programs per SM to hide latency.
+    With `argmax` (the LM head), tiles stay wide enough that the per-tile partials are few.
     M > 1: every program re-reads all M rows of x from L2, so fewer, wider programs with a deep
     pipeline beat many narrow ones: 32 rows (64 once that still gives two programs per SM) of 16 KB
     tiles, four stages deep, even where that leaves some SMs idle.
@@ -45,9 +49,14 @@ def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, norm: bool 
     for the statistics stay small next to the weight bytes."""
     if M == 1:
         tiles = 2 if silu_mul else 1
-        block_n = next((b for b in (16, 8, 4) if triton.cdiv(N, b) >= 8 * _H100_SMS), 2)
-        block_k = max(64, min(_TILE_BYTES // (elem_bytes * block_n * tiles), 2048, triton.next_power_of_2(K)))
-        return MatvecConfig(1, block_n, block_k, 4, 3)
+        block_k = min(triton.next_power_of_2(K), 2048)
+        budget = _TILE_BYTES if N >= 32768 else _TILE_BYTES // 2
+        block_n = 1
+        while block_n * 2 * min(K, block_k) * elem_bytes * tiles <= budget:
+            block_n *= 2
+        if argmax:
+            block_n = max(block_n, triton.next_power_of_2(triton.cdiv(N, MAX_ARGMAX_TILES)))
+        return MatvecConfig(1, block_n, block_k, 8 if K >= 8192 or block_n * block_k >= 16384 else 4, 1)
     block_n = 64 if triton.cdiv(N, 64) >= 2 * _H100_SMS else 32
     block_k = max(16, min(_TILE_BYTES // (elem_bytes * block_n), triton.next_power_of_2(K)))
     # Never more programs than fit at once (two per SM): a partial second wave costs more than it hides.
@@ -55,10 +64,20 @@ def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, norm: bool 
     return MatvecConfig(16, block_n, block_k, 4, 4, group)
 
 
+def num_tiles(N: int, cfg: MatvecConfig) -> int:
+    """Output tiles of BLOCK_N columns: one argmax partial each."""
+    return triton.cdiv(N, cfg.block_n)
+
+
 @triton.jit
-def _load_x(x_ptr, rows, in_m, kk, in_k, rstd, nw_ptr, stride_xm, W_DTYPE: tl.constexpr, HAS_NORM: tl.constexpr):
-    """One [BLOCK_M, BLOCK_K] chunk of the (normalised) input, in the weight's dtype."""
-    xv = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=in_m[:, None] & in_k[None, :], other=0.0)
+def _load_x(x_ptr, x_off, in_m, kk, in_k, rstd, nw_ptr, x_raw, W_DTYPE: tl.constexpr, HAS_NORM: tl.constexpr,
+            X_RAW: tl.constexpr):
+    """One [BLOCK_M, BLOCK_K] chunk of the (normalised) input, in the weight's dtype. With X_RAW the
+    chunk is `x_raw`, already loaded for the norm statistics (all of K fits one chunk)."""
+    if X_RAW:
+        xv = x_raw
+    else:
+        xv = tl.load(x_ptr + x_off[:, None] + kk[None, :], mask=in_m[:, None] & in_k[None, :], other=0.0)
     if HAS_NORM:
         # Same roundings as the reference RMSNorm: normalise in fp32, round, scale, round.
         h = (xv.to(tl.float32) * rstd[:, None]).to(W_DTYPE).to(tl.float32)
@@ -68,47 +87,76 @@ def _load_x(x_ptr, rows, in_m, kk, in_k, rstd, nw_ptr, stride_xm, W_DTYPE: tl.co
 
 
 @triton.jit
-def _tile(tile, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, rows, in_m, rstd, stride_xm, stride_rm, stride_om,
-          N: tl.constexpr, K: tl.constexpr, HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-          SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
-          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Output rows tile*BLOCK_N ... (+BLOCK_N) for every query row."""
-    w_dtype = w_ptr.dtype.element_ty
+def _weight_ptrs(tile, w_ptr, N: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Pointers to the first K step of this tile's gate (or only) rows and of its up rows."""
     n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    in_n = n < N
     # Past-the-end rows re-read the last row instead of masking, so weight loads stay unpredicated.
     n_ld = tl.minimum(n, N - 1).to(tl.int64)
     k_arange = tl.arange(0, BLOCK_K)
     g_ptrs = w_ptr + n_ld[:, None] * K + k_arange[None, :]
     u_ptrs = w_ptr + (n_ld + N)[:, None] * K + k_arange[None, :]  # up rows sit N rows below the gate rows
+    return g_ptrs, u_ptrs
+
+
+@triton.jit
+def _load_w(g_ptrs, u_ptrs, k0, K: tl.constexpr, BLOCK_K: tl.constexpr, SILU_MUL: tl.constexpr,
+            EVEN_K: tl.constexpr):
+    in_k = (k0 + tl.arange(0, BLOCK_K) < K)[None, :]
+    if EVEN_K:
+        wg = tl.load(g_ptrs + k0)
+        wu = tl.load(u_ptrs + k0) if SILU_MUL else wg
+    else:
+        wg = tl.load(g_ptrs + k0, mask=in_k, other=0.0)
+        wu = tl.load(u_ptrs + k0, mask=in_k, other=0.0) if SILU_MUL else wg
+    return wg, wu
+
+
+@triton.jit
+def _accumulate(acc_g, acc_u, wg, wu, x_ptr, x_off, in_m, k0, rstd, nw_ptr, x_raw, K: tl.constexpr,
+                HAS_NORM: tl.constexpr, X_RAW: tl.constexpr, SILU_MUL: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    kk = k0 + tl.arange(0, BLOCK_K)
+    xn = _load_x(x_ptr, x_off, in_m, kk, kk < K, rstd, nw_ptr, x_raw, wg.dtype, HAS_NORM, X_RAW)
+    if BLOCK_M == 1:
+        xf = xn.to(tl.float32)
+        acc_g += wg.to(tl.float32) * xf
+        if SILU_MUL:
+            acc_u += wu.to(tl.float32) * xf
+    else:
+        acc_g = tl.dot(xn, tl.trans(wg), acc_g, input_precision=PRECISION)
+        if SILU_MUL:
+            acc_u = tl.dot(xn, tl.trans(wu), acc_u, input_precision=PRECISION)
+    return acc_g, acc_u
+
+
+@triton.jit
+def _tile(tile, wg0, wu0, x_raw, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr, rows, in_m,
+          x_off, r_off, rstd, stride_om, N: tl.constexpr, K: tl.constexpr, NUM_TILES: tl.constexpr,
+          HAS_NORM: tl.constexpr, X_RAW: tl.constexpr,
+          HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SILU_MUL: tl.constexpr, ARGMAX: tl.constexpr,
+          EVEN_K: tl.constexpr, PRECISION: tl.constexpr, PRELOADED: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Output rows tile*BLOCK_N ... (+BLOCK_N) for every query row. With PRELOADED, (wg0, wu0) are this
+    tile's first K step of weights, loaded before the wait for the previous kernel."""
+    n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_n = n < N
+    n_ld = tl.minimum(n, N - 1).to(tl.int64)
+    g_ptrs, u_ptrs = _weight_ptrs(tile, w_ptr, N, K, BLOCK_N, BLOCK_K)
     if BLOCK_M == 1:
         acc_g = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         acc_u = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     else:
         acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + k_arange
-        in_k = kk < K
+    K_START: tl.constexpr = BLOCK_K if PRELOADED else 0
+    if PRELOADED:
+        acc_g, acc_u = _accumulate(acc_g, acc_u, wg0, wu0, x_ptr, x_off, in_m, 0, rstd, nw_ptr, x_raw, K,
+                                   HAS_NORM, X_RAW, SILU_MUL, PRECISION, BLOCK_M, BLOCK_K)
+    for k0 in range(K_START, K, BLOCK_K):
         # The weight loads go first: they are the only HBM traffic, the rest hits L2.
-        if EVEN_K:
-            wg = tl.load(g_ptrs + k0)
-            if SILU_MUL:
-                wu = tl.load(u_ptrs + k0)
-        else:
-            wg = tl.load(g_ptrs + k0, mask=in_k[None, :], other=0.0)
-            if SILU_MUL:
-                wu = tl.load(u_ptrs + k0, mask=in_k[None, :], other=0.0)
-        xn = _load_x(x_ptr, rows, in_m, kk, in_k, rstd, nw_ptr, stride_xm, w_dtype, HAS_NORM)
-        if BLOCK_M == 1:
-            xf = xn.to(tl.float32)
-            acc_g += wg.to(tl.float32) * xf
-            if SILU_MUL:
-                acc_u += wu.to(tl.float32) * xf
-        else:
-            acc_g = tl.dot(xn, tl.trans(wg), acc_g, input_precision=PRECISION)
-            if SILU_MUL:
-                acc_u = tl.dot(xn, tl.trans(wu), acc_u, input_precision=PRECISION)
+        wg, wu = _load_w(g_ptrs, u_ptrs, k0, K, BLOCK_K, SILU_MUL, EVEN_K)
+        acc_g, acc_u = _accumulate(acc_g, acc_u, wg, wu, x_ptr, x_off, in_m, k0, rstd, nw_ptr, x_raw, K,
+                                   HAS_NORM, X_RAW, SILU_MUL, PRECISION, BLOCK_M, BLOCK_K)
 
     if BLOCK_M == 1:
         y = tl.sum(acc_g, 1)[None, :]
@@ -126,41 +174,81 @@ def _tile(tile, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, rows, in_m, rs
         y = y / (1.0 + tl.exp(-y)) * up
     mask = in_m[:, None] & in_n[None, :]
     if HAS_RES:
-        y += tl.load(res_ptr + rows[:, None] * stride_rm + n[None, :], mask=mask, other=0.0)
-    tl.store(out_ptr + rows[:, None] * stride_om + n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+        y += tl.load(res_ptr + r_off[:, None] + n[None, :], mask=mask, other=0.0)
+    y = y.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rows[:, None] * stride_om + n[None, :], y, mask=mask)
+    if ARGMAX:
+        # This tile's (max, lowest index of the max) per row, on the values just stored.
+        yv = tl.where(in_n[None, :], y, float("-inf"))
+        best = tl.max(yv, 1)
+        idx = tl.min(tl.where(in_n[None, :] & (yv == best[:, None]), n[None, :], 2147483647), 1)
+        tl.store(pval_ptr + rows * NUM_TILES + tile, best, mask=in_m)
+        tl.store(pidx_ptr + rows * NUM_TILES + tile, idx, mask=in_m)
 
 
 @triton.jit
-def _matvec_kernel(x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr,
+def _matvec_kernel(x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, xidx_ptr, pval_ptr, pidx_ptr,
                    M, stride_xm, stride_rm, stride_om, eps, N: tl.constexpr, K: tl.constexpr,
                    HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                   SILU_MUL: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+                   X_GATHER: tl.constexpr, RES_GATHER: tl.constexpr, SILU_MUL: tl.constexpr, ARGMAX: tl.constexpr,
+                   EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
                    USE_PDL: tl.constexpr = False):
+    # Weights never change, so a one-tile program loads its first K step before waiting for the
+    # previous kernel: the HBM latency overlaps that kernel's tail instead of following it.
+    PRELOAD: tl.constexpr = GROUP == 1
+    if PRELOAD:
+        g_ptrs, u_ptrs = _weight_ptrs(tl.program_id(0), w_ptr, N, K, BLOCK_N, BLOCK_K)
+        wg0, wu0 = _load_w(g_ptrs, u_ptrs, 0, K, BLOCK_K, SILU_MUL, EVEN_K)
+    else:
+        wg0, wu0 = 0.0, 0.0
     pdl_prologue(USE_PDL)
     rows = tl.arange(0, BLOCK_M)
     in_m = rows < M
+    # Gathered rows (the embedding of this step's tokens) are read where they sit, with no copy.
+    if X_GATHER:
+        x_off = tl.load(xidx_ptr + rows, mask=in_m, other=0).to(tl.int64) * stride_xm
+    else:
+        x_off = rows.to(tl.int64) * stride_xm
+    if RES_GATHER:
+        r_off = tl.load(xidx_ptr + rows, mask=in_m, other=0).to(tl.int64) * stride_rm
+    else:
+        r_off = rows.to(tl.int64) * stride_rm
     rstd = tl.zeros([BLOCK_M], tl.float32)
-    if HAS_NORM:
+    # When K fits one chunk, the chunk loaded for the statistics is the one the product uses.
+    X_RAW: tl.constexpr = HAS_NORM and K <= BLOCK_K
+    x_raw = 0.0
+    if X_RAW:
+        kk = tl.arange(0, BLOCK_K)
+        x_raw = tl.load(x_ptr + x_off[:, None] + kk[None, :], mask=in_m[:, None] & (kk < K)[None, :], other=0.0)
+        xf = x_raw.to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(xf * xf, 1) / K + eps)
+    elif HAS_NORM:
         # Each step of this loop waits a full L2 round trip before the weight stream starts.
         ss = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + tl.arange(0, BLOCK_K)
-            xv = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :],
+            xv = tl.load(x_ptr + x_off[:, None] + kk[None, :],
                          mask=in_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
             ss += xv * xv
         rstd = tl.rsqrt(tl.sum(ss, 1) / K + eps)
-    # GROUP consecutive tiles share one pass over x for the statistics.
-    for t in range(GROUP):
-        tile = tl.program_id(0) * GROUP + t
-        if tile < tl.cdiv(N, BLOCK_N):
-            _tile(tile, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, rows, in_m, rstd,
-                  stride_xm, stride_rm, stride_om, N, K, HAS_NORM, HAS_BIAS, HAS_RES, SILU_MUL, EVEN_K, PRECISION,
-                  BLOCK_M, BLOCK_N, BLOCK_K)
+    if PRELOAD:
+        _tile(tl.program_id(0), wg0, wu0, x_raw, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr,
+              rows, in_m, x_off, r_off, rstd, stride_om, N, K, tl.cdiv(N, BLOCK_N), HAS_NORM, X_RAW, HAS_BIAS,
+              HAS_RES, SILU_MUL, ARGMAX, EVEN_K, PRECISION, True, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        # GROUP consecutive tiles share one pass over x for the statistics.
+        for t in range(GROUP):
+            tile = tl.program_id(0) * GROUP + t
+            if tile < tl.cdiv(N, BLOCK_N):
+                _tile(tile, wg0, wu0, x_raw, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr,
+                      rows, in_m, x_off, r_off, rstd, stride_om, N, K, tl.cdiv(N, BLOCK_N), HAS_NORM, X_RAW,
+                      HAS_BIAS, HAS_RES, SILU_MUL, ARGMAX, EVEN_K, PRECISION, False, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
-def _check(x, w, out, norm_weight, bias, residual, silu_mul):
-    m, k = x.shape
+def _check(x, w, out, norm_weight, bias, residual, silu_mul, index, x_gather, argmax_partials):
+    m = index.shape[0] if index is not None else x.shape[0]
+    k = x.shape[1]
     n_w = w.shape[0]
     n = n_w // 2 if silu_mul else n_w
     if not 1 <= m <= 16 or w.shape[1] != k or (silu_mul and n_w % 2):
@@ -173,31 +261,51 @@ def _check(x, w, out, norm_weight, bias, residual, silu_mul):
         raise ValueError(f"norm_weight must be [{k}]")
     if bias is not None and bias.shape != (n_w,):
         raise ValueError(f"bias must be [{n_w}]")
-    if residual is not None and (residual.shape != (m, n) or residual.dtype != torch.float32
-                                 or residual.stride(1) != 1):
-        raise ValueError(f"residual must be float32 [{m}, {n}]")
+    if index is not None and (index.dim() != 1 or index.dtype not in (torch.int32, torch.int64)):
+        raise ValueError("the gather index must be int32 or int64 [M]")
+    if residual is not None:
+        gathered = index is not None and not x_gather
+        if residual.shape[1] != n or residual.stride(1) != 1 or (not gathered and (
+                residual.shape[0] != m or residual.dtype != torch.float32)):
+            raise ValueError(f"residual must be float32 [{m}, {n}] (or rows [*, {n}] gathered by the index)")
+    if argmax_partials is not None:
+        vals, idxs = argmax_partials
+        if out.dtype != torch.float32 or vals.dtype != torch.float32 or idxs.dtype != torch.int32:
+            raise ValueError("argmax partials need float32 out and (float32, int32) partials")
     return m, n, k
 
 
 def fused_matvec(x, w, out, *, norm_weight=None, eps=1e-6, bias=None, residual=None, silu_mul=False,
-                 config: MatvecConfig | None = None):
+                 index=None, gather="x", argmax_partials=None, config: MatvecConfig | None = None):
     """out = [residual +] f(xn @ w.T [+ bias]) cast to out.dtype; see the module docstring.
 
     x [M, K] float32 or w.dtype (1 <= M <= 16); w [N, K], or [2I, K] = [gate; up] with silu_mul;
     xn = RMSNorm(x) * norm_weight rounded to w.dtype when norm_weight is given, else x in w.dtype;
-    bias [N] (or [2I]); residual float32 [M, N], may be `out` itself. Launches one kernel and
-    allocates nothing, so it can be captured in a CUDA graph."""
-    m, n, k = _check(x, w, out, norm_weight, bias, residual, silu_mul)
+    bias [N] (or [2I]); residual float32 [M, N], may be `out` itself.
+    index int [M] (on the device): the rows of x (gather="x") or of residual (gather="residual") are
+    x[index] / residual[index] of a table such as the embedding, read in place.
+    argmax_partials (float32 [M, T], int32 [M, T]) with T = num_tiles(N, config): each output tile
+    also leaves its per-row max and lowest index of the max, for `lm_head_sample.reduce_argmax`.
+    Launches one kernel and allocates nothing, so it can be captured in a CUDA graph."""
+    if gather not in ("x", "residual"):
+        raise ValueError("gather must be 'x' or 'residual'")
+    x_gather = index is not None and gather == "x"
+    m, n, k = _check(x, w, out, norm_weight, bias, residual, silu_mul, index, x_gather, argmax_partials)
     cfg = config or matvec_config(m, n, k, silu_mul=silu_mul, norm=norm_weight is not None,
-                                 elem_bytes=w.element_size())
+                                 elem_bytes=w.element_size(), argmax=argmax_partials is not None)
+    if argmax_partials is not None and argmax_partials[0].shape != (m, num_tiles(n, cfg)):
+        raise ValueError(f"argmax partials must be [{m}, {num_tiles(n, cfg)}]")
+    vals, idxs = argmax_partials if argmax_partials is not None else (out, out)
     _matvec_kernel[(triton.cdiv(triton.cdiv(n, cfg.block_n), cfg.group),)](
         x, w, out,
         norm_weight if norm_weight is not None else w,
         bias if bias is not None else w,
         residual if residual is not None else out,
+        index if index is not None else out, vals, idxs,
         m, x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0), eps, N=n, K=k,
         HAS_NORM=norm_weight is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-        SILU_MUL=silu_mul, EVEN_K=k % cfg.block_k == 0,
+        X_GATHER=x_gather, RES_GATHER=index is not None and not x_gather, SILU_MUL=silu_mul,
+        ARGMAX=argmax_partials is not None, EVEN_K=k % cfg.block_k == 0,
         PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=cfg.group,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(w))
@@ -205,8 +313,13 @@ def fused_matvec(x, w, out, *, norm_weight=None, eps=1e-6, bias=None, residual=N
 
 
 def fused_matvec_ref(x, w, *, norm_weight=None, eps=1e-6, bias=None, residual=None, silu_mul=False,
-                     out_dtype) -> torch.Tensor:
+                     index=None, gather="x", out_dtype) -> torch.Tensor:
     """Plain PyTorch with the same semantics: input roundings as the model's, then float32 throughout."""
+    if index is not None:
+        if gather == "x":
+            x = x[index.long()]
+        else:
+            residual = residual[index.long()].float()
     if norm_weight is not None:
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
