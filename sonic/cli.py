@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from sonic.errors import SonicError
+from sonic.estimate.cli import add_estimate_parser, cmd_estimate
 
 EXIT_USAGE = 2
 
@@ -74,6 +75,7 @@ def build_parser() -> ArgumentParser:
                        help="write the report (default path: bench/results/DATE-DEVICE-MODEL.json)")
     bench.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                        help="write a bar chart (default: next to the JSON)")
+    add_estimate_parser(sub)
     return parser
 
 
@@ -137,7 +139,7 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench}
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench, "estimate": cmd_estimate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,12 +86,7 @@ class ModelConfig:
     def from_hf(cls, cfg: dict[str, Any] | str | Path) -> "ModelConfig":
         """From a Hugging Face `config.json` (a dict, the file, or its folder)."""
         if not isinstance(cfg, dict):
-            path = Path(cfg)
-            path = path / "config.json" if path.is_dir() else path
-            try:
-                cfg = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise SonicError(f"cannot read model config {path}: {e}") from None
+            cfg = read_hf_config(cfg)
         model_type = cfg.get("model_type", "")
         if model_type not in SUPPORTED_ARCHITECTURES:
             raise SonicError(f"unsupported architecture '{model_type or cfg.get('architectures')}': "
@@ -157,6 +152,16 @@ class ModelConfig:
     def from_gguf(cls, path: str | Path) -> "ModelConfig":
         from sonic.weights.gguf import read_gguf  # lazy: needs the gguf package
         return read_gguf(path).config
+
+
+def read_hf_config(path: str | Path) -> dict[str, Any]:
+    """The dict of a `config.json`, given the file or its folder."""
+    path = Path(path)
+    path = path / "config.json" if path.is_dir() else path
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SonicError(f"cannot read model config {path}: {e}") from None
 
 
 def rope_scaling_from_hf(scaling: dict[str, Any] | None) -> RopeScaling | None:

@@ -6,13 +6,28 @@ from pathlib import Path
 from sonic.errors import SonicError
 
 
-def plot_report(report: dict, path: str | Path) -> Path:
+def pyplot():
+    """matplotlib.pyplot without a display, imported only when a plot is asked for."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise SonicError("--plot needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
+def plot_report(report: dict, path: str | Path) -> Path:
+    plt = pyplot()
     results = report["results"]
     names = [r["runner"] for r in results]
     speeds = [r["decode_tok_s"] for r in results]
@@ -27,9 +42,4 @@ def plot_report(report: dict, path: str | Path) -> Path:
     ax.set_ylim(0, ceiling * 1.15)
     ax.set_title(f"{report['model']} on {report['device']}, {report['dtype']}", fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -1,1 +1,1 @@
-"""`sonic estimate`: bytes and FLOPs per token, and the speed they allow."""
+"""`sonic estimate`: bytes read per decode step on any model and GPU count, and the speed they allow."""
