@@ -16,6 +16,8 @@ from sonic.config import ModelConfig, RopeScaling
 
 sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers such as tiny_gguf
 
+from live_server import client, make_server, server, tiny_chat_engine  # noqa: E402,F401 - server fixtures
+
 # One tiny config per family, each exercising that family's quirk.
 TINY_CONFIGS = {
     "llama3": ModelConfig("llama", 256, 64, 128, 2, 4, 2, 16, rope_theta=500000.0,

@@ -37,8 +37,8 @@ class BodyTooLarge(HTTPException):
     """Raised while reading a body sent without a Content-Length; an HTTPException so that
     FastAPI passes it on instead of calling it a parse error."""
 
-    def __init__(self):
-        super().__init__(413)
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is larger than {limit} bytes: send a shorter prompt")
 
 
 class Gate:
@@ -52,6 +52,7 @@ class Gate:
             return await self.app(scope, receive, send)
         refusal = self.refusal(scope)
         if refusal is not None:
+            await _drain(receive)
             return await refusal(scope, receive, send)
         limit, seen = self.state.settings.max_body_bytes, 0
 
@@ -60,7 +61,9 @@ class Gate:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise BodyTooLarge()
+                if message.get("more_body"):
+                    await _drain(receive)
+                raise BodyTooLarge(limit)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -77,12 +80,18 @@ class Gate:
                                            "with the key the server was started with", code="invalid_api_key")
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > s.max_body_bytes:
-            return self.too_large()
+            return error_response(413, BodyTooLarge(s.max_body_bytes).detail)
         return None
 
-    def too_large(self) -> Response:
-        return error_response(413, f"the request body is larger than {self.state.settings.max_body_bytes} bytes: "
-                                   "send a shorter prompt")
+
+async def _drain(receive, cap: int = 64 << 20):
+    """Read and drop what the client is still sending, so it reads our error instead of a reset."""
+    dropped = 0
+    while dropped < cap:
+        message = await receive()
+        dropped += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
 
 
 def create_app(state: ServerState, on_load_error: Callable[[str], None] | None = None) -> FastAPI:
@@ -163,7 +172,7 @@ def _add_generation_routes(app: FastAPI, state: ServerState):
         prompts = body.prompts()
         if len(prompts) != 1:
             raise APIError(400, f"send one prompt per request (got {len(prompts)})", param="prompt")
-        ids = tokenize(state, prompts[0])
+        ids = await asyncio.to_thread(tokenize, state, prompts[0])  # long prompts must not stall other streams
         max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
         check_length(state, len(ids), max_tokens, allow_zero=body.echo)
         echo = None
@@ -179,7 +188,7 @@ def _add_generation_routes(app: FastAPI, state: ServerState):
     async def chat(body: ChatRequest, http: Request):
         state.check_ready()
         state.check_model(body.model)
-        ids = tokenize(state, messages=body.messages)
+        ids = await asyncio.to_thread(tokenize, state, messages=body.messages)
         limit = body.output_limit()
         max_tokens = limit if limit is not None else max(state.context_length - len(ids), 1)
         check_length(state, len(ids), max_tokens)

@@ -61,9 +61,7 @@ def install_handlers(app):
     @app.exception_handler(HTTPException)
     async def _http(request, exc: HTTPException):
         detail = exc.detail if isinstance(exc.detail, str) else "invalid request"
-        if exc.status_code == 413:
-            detail = "the request body is too large: send a shorter prompt"
-        elif exc.status_code == 404:
+        if exc.status_code == 404:
             detail = f"no route {request.method} {request.url.path}: see /v1/models, /v1/completions, " \
                      "/v1/chat/completions"
         elif exc.status_code == 400 and "parsing the body" in detail:

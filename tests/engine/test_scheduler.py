@@ -14,8 +14,8 @@ PROMPTS = ["Hello there", "The capital of France is", "Once upon a time, in a la
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_chat_model_dir):
-    return Engine.load(str(tiny_chat_model_dir))
+def engine(tiny_chat_engine):
+    return tiny_chat_engine
 
 
 def make_scheduler(engine, max_batch=4, **kwargs):

@@ -1,7 +1,7 @@
 """The official `openai` client against a live server: chat and completions, streamed or not."""
 import pytest
 
-from conftest import post, request, sse_events
+from live_server import post, request, sse_events
 
 MESSAGES = [{"role": "user", "content": "Write one line about the sea."}]
 
@@ -77,7 +77,7 @@ def test_top_k_is_honoured(server):
     assert top1 == greedy != hot
 
 
-def test_echo_with_logprobs_scores_the_prompt(client, server, tiny_engine):
+def test_echo_with_logprobs_scores_the_prompt(client, server, tiny_chat_engine):
     import torch
 
     from sonic.engine.runner_ref import ReferenceRunner
@@ -85,20 +85,20 @@ def test_echo_with_logprobs_scores_the_prompt(client, server, tiny_engine):
     out = client.completions.create(model=server.model, prompt=prompt, max_tokens=2, temperature=0,
                                     echo=True, logprobs=2)
     choice = out.choices[0]
-    ids = tiny_engine.tokenizer.encode(prompt)
+    ids = tiny_chat_engine.tokenizer.encode(prompt)
     assert choice.text.startswith(prompt) and len(choice.text) > len(prompt)
     lp = choice.logprobs
     assert len(lp.tokens) == len(ids) + 2 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
-    all_ids = ids + [tiny_engine.tokenizer.encode(t, add_special_tokens=False)[0] for t in lp.tokens[len(ids):]]
-    want = torch.log_softmax(ReferenceRunner(tiny_engine.runner.model).forward_all(all_ids), -1)
+    all_ids = ids + [tiny_chat_engine.tokenizer.encode(t, add_special_tokens=False)[0] for t in lp.tokens[len(ids):]]
+    want = torch.log_softmax(ReferenceRunner(tiny_chat_engine.runner.model).forward_all(all_ids), -1)
     for pos in range(1, len(all_ids)):
         assert lp.token_logprobs[pos] == pytest.approx(float(want[pos - 1, all_ids[pos]]), abs=1e-4)
         assert len(lp.top_logprobs[pos]) == 2 and max(lp.top_logprobs[pos].values()) >= lp.token_logprobs[pos]
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
 
 
-def test_echo_only_scores_with_zero_max_tokens(server, tiny_engine):
-    ids = tiny_engine.tokenizer.encode("Score this sentence please")
+def test_echo_only_scores_with_zero_max_tokens(server, tiny_chat_engine):
+    ids = tiny_chat_engine.tokenizer.encode("Score this sentence please")
     status, body = post(server.url, "/v1/completions", {"model": server.model, "prompt": [ids], "max_tokens": 0,
                                                         "echo": True, "logprobs": 0})
     assert status == 200
@@ -123,12 +123,12 @@ def test_unknown_fields_are_ignored(server):
     assert status == 200 and body["usage"]["completion_tokens"] == 2
 
 
-def test_tokenize_and_detokenize(server, tiny_engine):
+def test_tokenize_and_detokenize(server, tiny_chat_engine):
     status, body = post(server.url, "/tokenize", {"prompt": "Hello world"})
-    assert status == 200 and body["tokens"] == tiny_engine.tokenizer.encode("Hello world")
+    assert status == 200 and body["tokens"] == tiny_chat_engine.tokenizer.encode("Hello world")
     assert body["count"] == len(body["tokens"])
     status, chat_body = post(server.url, "/tokenize", {"messages": MESSAGES})
-    assert status == 200 and chat_body["tokens"] == tiny_engine.tokenizer.encode_chat(MESSAGES)
+    assert status == 200 and chat_body["tokens"] == tiny_chat_engine.tokenizer.encode_chat(MESSAGES)
     status, back = post(server.url, "/detokenize", {"tokens": body["tokens"]})
     assert status == 200 and back["prompt"] == "Hello world"
 

@@ -1,4 +1,5 @@
-"""Live servers on free ports (uvicorn in a thread of the test process) and small HTTP helpers."""
+"""Live servers on free ports (uvicorn in a thread of the test process), their fixtures (made available
+to every test by conftest.py) and small HTTP helpers for tests/server."""
 from __future__ import annotations
 
 import http.client
@@ -11,10 +12,10 @@ from urllib.parse import urlparse
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the server tests need the serve extra: pip install -e '.[test]'")
+from sonic.engine.generate import Engine
+from sonic.server.state import ServerState, ServeSettings
 
-from sonic.engine.generate import Engine  # noqa: E402
-from sonic.server.state import ServerState, ServeSettings  # noqa: E402
+SERVE_EXTRA = "the server tests need the serve extra: pip install -e '.[test]'"
 
 
 @dataclass
@@ -34,14 +35,15 @@ class LiveServer:
                              max_retries=0, timeout=60, **kwargs)
 
 
-def start_server(load_engine, settings: ServeSettings = ServeSettings(), wait_ready: bool = True) -> LiveServer:
-    import uvicorn
+def start_server(load_engine, model_path, settings: ServeSettings = ServeSettings(),
+                 wait_ready: bool = True) -> LiveServer:
+    uvicorn = pytest.importorskip("uvicorn", reason=SERVE_EXTRA)
 
     from sonic.server.app import DrainingServer, create_app
     from sonic.server.cli import bind
 
     sock = bind("127.0.0.1", 0)
-    state = ServerState(settings, load_engine)
+    state = ServerState(settings, load_engine, str(model_path))
     config = uvicorn.Config(create_app(state), log_level="warning", timeout_graceful_shutdown=5)
     server = DrainingServer(config, state)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -60,25 +62,26 @@ def stop_server(live: LiveServer):
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(tiny_chat_model_dir):
+def tiny_chat_engine(tiny_chat_model_dir):
     return Engine.load(str(tiny_chat_model_dir))
 
 
 @pytest.fixture(scope="session")
-def server(tiny_engine):
+def server(tiny_chat_engine, tiny_chat_model_dir):
     """The shared server: the tiny random model with the default model's tokenizer, 8 concurrent slots."""
-    live = start_server(lambda: tiny_engine, ServeSettings(max_body_bytes=1 << 20))
+    live = start_server(lambda: tiny_chat_engine, tiny_chat_model_dir, ServeSettings(max_body_bytes=1 << 20))
     yield live
     stop_server(live)
 
 
 @pytest.fixture
-def make_server(tiny_engine):
+def make_server(tiny_chat_engine, tiny_chat_model_dir):
     """Extra servers with other settings, on the same engine; stopped after the test."""
     started = []
 
     def make(wait_ready=True, load_engine=None, **settings):
-        live = start_server(load_engine or (lambda: tiny_engine), replace(ServeSettings(), **settings), wait_ready)
+        live = start_server(load_engine or (lambda: tiny_chat_engine), tiny_chat_model_dir,
+                            replace(ServeSettings(), **settings), wait_ready)
         started.append(live)
         return live
 
@@ -89,17 +92,20 @@ def make_server(tiny_engine):
 
 @pytest.fixture
 def client(server):
+    pytest.importorskip("openai", reason=SERVE_EXTRA)
     return server.openai()
 
 
 # ---- raw HTTP, for what the official client will not send ----
 def request(url: str, method: str, path: str, body=None, headers: dict | None = None, timeout: float = 60):
-    """(status, parsed JSON or text) of one request; `body` is a dict (sent as JSON) or raw bytes."""
+    """(status, parsed JSON or text) of one request; `body` is a dict (sent as JSON), bytes, or an
+    iterator of bytes (sent chunked)."""
     u = urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
     hdrs = {"Content-Type": "application/json", **(headers or {})}
-    conn.request(method, path, body=data, headers=hdrs)
+    # An iterator is sent chunked (no Content-Length), as streaming uploads are.
+    conn.request(method, path, body=data, headers=hdrs, encode_chunked=not isinstance(data, (bytes, type(None))))
     resp = conn.getresponse()
     raw = resp.read()
     conn.close()
@@ -113,10 +119,12 @@ def post(url: str, path: str, body=None, headers: dict | None = None):
     return request(url, "POST", path, body, headers)
 
 
-def sse_events(url: str, path: str, body: dict, stop_after: int | None = None, timeout: float = 120):
+def sse_events(url: str, path: str, body: dict, stop_after: int | None = None, timeout: float = 120,
+               on_event=None):
     """The `data:` payloads of a streamed response, parsed ("[DONE]" kept as is).
 
-    With `stop_after`, the connection is closed after that many events (a client that goes away).
+    With `stop_after`, the connection is closed after that many events (a client that goes away);
+    `on_event` is called with each event as it arrives.
     """
     u = urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
@@ -131,6 +139,8 @@ def sse_events(url: str, path: str, body: dict, stop_after: int | None = None, t
             continue
         data = line[5:].strip()
         events.append(data if data == "[DONE]" else json.loads(data))
+        if on_event is not None:
+            on_event(events[-1])
         if data == "[DONE]" or (stop_after is not None and len(events) >= stop_after):
             break
     if stop_after is not None:
