@@ -4,7 +4,10 @@ Batching choice: one batched forward of the reference model over every decoding 
 its own position (`LlamaModel.forward_rows`: per-row RoPE, cache writes and masks), rather than
 round-robin single-token steps. A step then reads the weights once for the whole batch, which is
 what makes a few concurrent users nearly as cheap as one. A lone sequence takes the plain
-single-sequence `forward`, so batch-1 decoding is exactly the path `sonic generate` runs.
+single-sequence `forward`, so batch-1 decoding is exactly the path `sonic generate` runs. In a batch,
+each row's logits equal its lone run's up to float rounding (a matrix product of several rows may
+sum in another order), so greedy tokens match unless two candidates tie to the last bit; the tests
+check token identity against batch-1 decoding.
 
 Rows stay packed: decoding sequences hold rows 0..d-1, so a step's cache is a view of the first d
 rows (no gather), and the one sequence being prefilled sits at row d until it joins them. When a

@@ -7,7 +7,7 @@ free, runs one prefill chunk, then one decode step for every decoding sequence. 
 delays a running stream by one chunk per token at most, never by its whole prefill.
 
 Each sequence samples with its own seeded generator, so a seed gives the same text whatever else
-runs, and greedy tokens do not depend on the batch (see batch_runner.py for how rows are batched).
+runs; see batch_runner.py for how rows are batched and why greedy tokens match batch-1 decoding.
 """
 from __future__ import annotations
 

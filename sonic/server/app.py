@@ -117,9 +117,10 @@ def _load(state: ServerState, on_load_error):
         state.load()
     except Exception as e:  # noqa: BLE001 - reported on /health and to the command line
         state.load_error = state.load_error or f"{type(e).__name__}: {e}"
-        log.error("the model failed to load: %s", state.load_error)
         if on_load_error is not None:
             on_load_error(state.load_error)
+        else:
+            log.error("the model failed to load: %s", state.load_error)
 
 
 def _add_info_routes(app: FastAPI, state: ServerState):

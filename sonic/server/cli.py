@@ -45,6 +45,18 @@ def settings_from_args(args):
                          served_model_name=args.served_model_name)
 
 
+def serve_runner(args) -> str:
+    """The fused graph runner decodes one sequence at a time; batches of several take the reference path."""
+    from sonic.engine.generate import resolve_device, resolve_runner
+    runner = resolve_runner(args.runner, resolve_device(args.device))
+    if runner == "graph" and args.max_concurrency > 1:
+        if args.runner == "graph":
+            raise SonicError("--runner graph decodes one request at a time: add --max-concurrency 1, "
+                             "or use --runner ref to batch several")
+        return "ref"
+    return runner
+
+
 def bind(host: str, port: int) -> socket.socket:
     """Listen before loading anything, so a busy port is one clear line instead of a late failure."""
     try:
@@ -62,14 +74,13 @@ def serve(args) -> int:
     except ImportError:
         raise SonicError("sonic serve needs the server packages: pip install 'sonic[serve]'") from None
     from sonic.cli import load_engine
-    from sonic.engine.generate import resolve_device
     from sonic.server.app import DrainingServer, create_app
     from sonic.server.state import ServerState
     from sonic.weights.loader import resolve_model_path
 
     settings = settings_from_args(args)
     resolve_model_path(args.model)  # a wrong path fails now, not in the background load
-    resolve_device(args.device)
+    args.runner = serve_runner(args)
     sock = bind(settings.host, settings.port)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     state = ServerState(settings, lambda: load_engine(args), args.model)

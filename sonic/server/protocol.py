@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sonic.server.errors import APIError
 
@@ -76,19 +76,21 @@ class CompletionRequest(SamplingFields):
         return list(p)
 
 
-class TextPart(Body):
-    type: Literal["text"]
-    text: str
-
-
 class ChatMessage(Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, content):
+        if isinstance(content, list):
+            if not all(p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+                raise ValueError('only text parts are supported: {"type": "text", "text": "..."}')
+            return "".join(p["text"] for p in content)
+        return content
 
     def as_template_message(self) -> dict[str, Any]:
         content = self.content
-        if isinstance(content, list):
-            content = "".join(part.text for part in content)
         # Chat templates know "system"; "developer" is the newer name for the same role.
         return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
 
@@ -98,6 +100,12 @@ class ChatRequest(SamplingFields):
     max_completion_tokens: TokenCount | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -44,7 +44,7 @@ class ServerState:
         self.draining = False
 
     def load(self):
-        from sonic.engine.batch_runner import BatchRunner
+        from sonic.engine.graph_slot import make_batch_runner
         from sonic.engine.scheduler import Scheduler
         from sonic.server.metrics import Metrics
 
@@ -58,14 +58,15 @@ class ServerState:
         self.model_name = self.model_name or model_id(self.model_path, engine)
         self.context_length = min(engine.config.max_position_embeddings, s.max_model_len or 1 << 62)
         self.metrics = Metrics(self.model_name)
-        runner = BatchRunner(engine.runner.model, s.max_concurrency, self.context_length)
+        runner = make_batch_runner(engine.runner, s.max_concurrency, self.context_length)
+        self.context_length = runner.max_len
         self.scheduler = Scheduler(runner, tokenizer, engine.eos_ids, queue_timeout=s.queue_timeout,
                                    prefill_chunk=s.prefill_chunk, on_finish=self.metrics.request_ended)
         self.metrics.watch(self.scheduler)
         self.tokenizer, self.engine = tokenizer, engine
         self.scheduler.start()
-        log.info("serving %s (context %d, up to %d concurrent)", self.model_name, self.context_length,
-                 s.max_concurrency)
+        log.info("serving %s (context %d, up to %d concurrent, %s decode path)", self.model_name,
+                 self.context_length, s.max_concurrency, type(runner).__name__)
 
     def close(self):
         if self.scheduler is not None:

@@ -25,6 +25,21 @@ def assert_close(got, want):
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
 
 
+def start(runner, owner, prompt, got):
+    slot = runner.open(owner=owner)
+    got[owner].append(runner.prefill(slot, prompt)[-1])
+    runner.activate(slot)
+
+
+def decode_greedy(runner, got, steps=STEPS):
+    """Decode steps for every row, each fed its own greedy token; logits land in got[owner]."""
+    for _ in range(steps):
+        owners = [s.owner for s in runner.decoding]
+        logits = runner.decode([int(got[i][-1].argmax()) for i in owners])
+        for i, row in zip(owners, logits):
+            got[i].append(row)
+
+
 def test_batched_decode_matches_single_sequences(tiny_family):
     _, config = tiny_family
     model = build_model(config, random_state_dict(config, seed=3))
@@ -32,14 +47,8 @@ def test_batched_decode_matches_single_sequences(tiny_family):
     runner = BatchRunner(model, max_batch=4, max_len=64)
     got = {i: [] for i in range(len(PROMPTS))}
     for i, prompt in enumerate(PROMPTS):
-        slot = runner.open(owner=i)
-        got[i].append(runner.prefill(slot, prompt)[-1])
-        runner.activate(slot)
-    for _ in range(STEPS):
-        owners = [s.owner for s in runner.decoding]
-        logits = runner.decode([int(got[i][-1].argmax()) for i in owners])
-        for i, row in zip(owners, logits):
-            got[i].append(row)
+        start(runner, i, prompt, got)
+    decode_greedy(runner, got)
     for i in got:
         assert_close(torch.stack(got[i]), want[i])
 
@@ -53,20 +62,14 @@ def test_rows_stay_right_when_sequences_leave_mid_prefill():
     runner = BatchRunner(model, max_batch=3, max_len=64)
     got = {i: [] for i in range(3)}
     for i in (0, 1):
-        slot = runner.open(owner=i)
-        got[i].append(runner.prefill(slot, PROMPTS[i])[-1])
-        runner.activate(slot)
+        start(runner, i, PROMPTS[i], got)
     filling = runner.open(owner=2)
     runner.prefill(filling, PROMPTS[2][:8])  # chunked prefill, interrupted by a departure
     runner.release(runner.decoding[0])
     assert [s.owner for s in runner.decoding] == [1] and filling.row == 1
     got[2].append(runner.prefill(filling, PROMPTS[2][8:])[-1])
     runner.activate(filling)
-    for _ in range(STEPS):
-        owners = [s.owner for s in runner.decoding]
-        logits = runner.decode([int(got[i][-1].argmax()) for i in owners])
-        for i, row in zip(owners, logits):
-            got[i].append(row)
+    decode_greedy(runner, got)
     for i in (1, 2):
         assert_close(torch.stack(got[i]), want[i])
 
@@ -78,15 +81,11 @@ def test_cache_growth_keeps_what_it_holds():
     prompts = [list(range(3, 255)), [7, 8, 9]]  # the first crosses the 256-position granule while decoding
     want = [alone(model, p, STEPS) for p in prompts]
     runner = BatchRunner(model, max_batch=2, max_len=512)
-    got = []
-    for prompt in prompts:
-        slot = runner.open()
-        got.append([runner.prefill(slot, prompt)[-1]])
-        runner.activate(slot)
+    got = {0: [], 1: []}
+    for i, prompt in enumerate(prompts):
+        start(runner, i, prompt, got)
     assert runner.cache.max_len == 256
-    for _ in range(STEPS):
-        for seq, row in zip(got, runner.decode([int(g[-1].argmax()) for g in got])):
-            seq.append(row)
+    decode_greedy(runner, got)
     assert runner.cache.max_len == 512
-    for g, w in zip(got, want):
-        assert_close(torch.stack(g), w)
+    for i, w in enumerate(want):
+        assert_close(torch.stack(got[i]), w)

@@ -182,6 +182,7 @@ MALFORMED_CHAT = [
     {"messages": [{"role": "user", "content": None}], "max_tokens": 1},
     {"messages": [{"role": "user", "content": ""}], "max_tokens": 1},
     {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 10 ** 40},
+    {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
 ]
 
 

@@ -149,3 +149,29 @@ def test_playground_page_is_served_offline(server):
     for asset in ("/static/app.js", "/static/style.css"):
         status, text = request(server.url, "GET", asset)
         assert status == 200 and "http://" not in text and "https://" not in text
+
+
+def test_metrics_count_tokens_and_latencies(make_server, tiny_chat_engine):
+    from live_server import metric
+    live = make_server()
+    prompt_ids = tiny_chat_engine.tokenizer.encode("Count me")
+    status, _ = post(live.url, "/v1/completions", {"prompt": "Count me", "max_tokens": 5, "temperature": 0})
+    assert status == 200
+    assert metric(live.url, "sonic_time_to_first_token_seconds_count") == 1
+    assert metric(live.url, "sonic_inter_token_latency_seconds_count") == 4
+    assert metric(live.url, "sonic_e2e_request_latency_seconds_count") == 1
+    assert metric(live.url, "sonic_prompt_tokens_total") == len(prompt_ids)
+    assert metric(live.url, "sonic_generation_tokens_total") == 5
+    assert metric(live.url, "sonic_requests_total", finish_reason="length") == 1
+    assert metric(live.url, "sonic_num_requests_running") == 0 == metric(live.url, "sonic_num_requests_waiting")
+
+
+def test_text_content_parts_read_as_one_string(server):
+    plain = {"model": server.model, "max_tokens": 4, "temperature": 0,
+             "messages": [{"role": "user", "content": "Hello there"}]}
+    parts = {**plain, "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello "},
+                                                                 {"type": "text", "text": "there"}]}]}
+    a, b = post(server.url, "/v1/chat/completions", plain), post(server.url, "/v1/chat/completions", parts)
+    assert a[0] == b[0] == 200
+    assert a[1]["choices"][0]["message"] == b[1]["choices"][0]["message"]
+    assert a[1]["usage"] == b[1]["usage"]

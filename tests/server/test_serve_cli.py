@@ -32,6 +32,7 @@ def one_line_error(capsys, argv, *words):
     (["--port", "70000"], ["--port 70000"]),
     (["--queue-timeout", "0"], ["--queue-timeout"]),
     (["--model", "/no/such/model"], ["model path not found"]),
+    (["--runner", "graph"], ["--runner graph", "--max-concurrency 1"]),
 ])
 def test_bad_flags(capsys, flags, words):
     one_line_error(capsys, ["serve", *flags], *words)
@@ -104,3 +105,14 @@ def test_sigterm_lets_in_flight_requests_finish(tiny_chat_model_dir):
     assert events[-1] == "[DONE]"
     finals = [e for e in events[:-1] if e["choices"][0]["finish_reason"]]
     assert len(finals) == 1 and finals[0]["timings"]["output_tokens"] == 300, json.dumps(events[-3:])
+
+
+def test_a_model_that_fails_to_load_ends_the_server_with_one_line(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf at all")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "sonic", "serve", "--model", str(broken), "--port", str(free_port())],
+                          capture_output=True, text=True, env=env, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("sonic: error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and "broken.gguf" in errors[0]
