@@ -67,3 +67,30 @@ def test_concurrent_streams_with_early_disconnects(server):
 
     status, body = post(server.url, "/v1/completions", {"prompt": "Still there?", "max_tokens": 4})
     assert status == 200 and body["usage"]["completion_tokens"] == 4
+
+
+def test_non_streaming_client_that_hangs_up_is_aborted(make_server, monkeypatch):
+    import json
+    import socket
+    from urllib.parse import urlparse
+
+    live = make_server()
+    runner = live.state.scheduler.runner
+    real = runner.decode
+    monkeypatch.setattr(runner, "decode", lambda tokens: (time.sleep(0.02), real(tokens))[1])
+    body = json.dumps({"prompt": "Take your time", "max_tokens": 400}).encode()
+    u = urlparse(live.url)
+    with socket.create_connection((u.hostname, u.port)) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        deadline = time.monotonic() + 30
+        while live.state.scheduler.num_running == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    # Without the abort it would run all 400 steps (8 s at least) and end as "length".
+    deadline = time.monotonic() + 60
+    while live.state.scheduler.num_running:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert metric(live.url, "sonic_requests_total", finish_reason="abort") == 1
+    assert metric(live.url, "sonic_requests_total", finish_reason="length") == 0
