@@ -89,3 +89,19 @@ def test_cache_growth_keeps_what_it_holds():
     assert runner.cache.max_len == 512
     for i, w in enumerate(want):
         assert_close(torch.stack(got[i]), w)
+
+
+def test_rows_of_several_tokens_match_single_sequences():
+    """forward_rows with T > 1 (as a verification step would use) equals each row's own forward."""
+    from conftest import TINY_CONFIGS
+    from sonic.engine.kv_cache import KVCache
+    config = TINY_CONFIGS["mistral"]  # sliding window 8: masks must follow each row's own positions
+    model = build_model(config, random_state_dict(config, seed=8))
+    prefixes, new = [list(range(3, 14)), [40, 41, 42]], [[7, 8, 9], [50, 51, 52]]
+    batch = KVCache(config, 64, batch_size=2)
+    for row, p in enumerate(prefixes):
+        model(torch.tensor([p]), 0, batch.rows(row, row + 1))
+    got = model.forward_rows(torch.tensor(new), torch.tensor([len(p) for p in prefixes]), batch)
+    for row, (p, n) in enumerate(zip(prefixes, new)):
+        want = ReferenceRunner(model).forward_all(p + n)[len(p):]
+        assert_close(got[row], want)
