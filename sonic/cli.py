@@ -1,4 +1,4 @@
-"""`sonic generate | chat | bench`: the command line. User mistakes end in one line on stderr and exit code 2."""
+"""`sonic generate | chat | serve | bench`: the command line. User mistakes end in one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +56,11 @@ def build_parser() -> ArgumentParser:
     chat.add_argument("--system", default=None, help="system message")
     add_model_args(chat)
     add_sampling_args(chat)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a live playground")
+    add_model_args(serve)
+    from sonic.server.cli import add_serve_args  # flags only: the server itself loads on use
+    add_serve_args(serve)
 
     bench = sub.add_parser("bench", help="decode speed per request against the bandwidth ceiling")
     src = bench.add_mutually_exclusive_group()
@@ -139,7 +144,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "bench": cmd_bench, "estimate": cmd_estimate}
+def cmd_serve(args) -> int:
+    from sonic.server.cli import serve
+    return serve(args)
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "bench": cmd_bench,
+            "estimate": cmd_estimate}
 
 
 def main(argv: list[str] | None = None) -> int:

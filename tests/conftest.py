@@ -16,6 +16,8 @@ from sonic.config import ModelConfig, RopeScaling
 
 sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers such as tiny_gguf
 
+from live_server import client, make_server, server, tiny_chat_engine  # noqa: E402,F401 - server fixtures
+
 # One tiny config per family, each exercising that family's quirk.
 TINY_CONFIGS = {
     "llama3": ModelConfig("llama", 256, 64, 128, 2, 4, 2, 16, rope_theta=500000.0,
@@ -89,19 +91,33 @@ def _deterministic():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tok):
-    """A one-layer random model with the default model's tokenizer and a 64-token context: loads in
-    well under a second, so CLI and engine tests can run the whole pipeline."""
+def save_tiny_model(folder, tok, config: ModelConfig, seed: int):
+    """A random model of `config` with the default model's tokenizer and chat template, as an HF folder."""
     import json
 
     from sonic.weights.random import random_state_dict
     from sonic.weights.safetensors import save_hf_folder
 
-    config = ModelConfig("llama", tok.vocab_size, 32, 64, 1, 2, 1, 16, max_position_embeddings=64,
-                         bos_token_id=1, eos_token_ids=(2,), name="tiny")
-    folder = save_hf_folder(config, random_state_dict(config, seed=5), tmp_path_factory.mktemp("tiny"))
+    folder = save_hf_folder(config, random_state_dict(config, seed=seed), folder)
     tok.backend.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": tok.chat_template, "eos_token": "<|im_end|>", "add_bos_token": False}))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tok):
+    """A one-layer random model with the default model's tokenizer and a 64-token context: loads in
+    well under a second, so CLI and engine tests can run the whole pipeline."""
+    config = ModelConfig("llama", tok.vocab_size, 32, 64, 1, 2, 1, 16, max_position_embeddings=64,
+                         bos_token_id=1, eos_token_ids=(2,), name="tiny")
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), tok, config, seed=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory, tok):
+    """Like tiny_model_dir, with two layers and a 512-token context: room for chat templates, long
+    prompts and several sequences (scheduler and server tests)."""
+    config = ModelConfig("llama", tok.vocab_size, 64, 128, 2, 4, 2, 16, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_ids=(2,), name="tiny-chat")
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_chat"), tok, config, seed=6)

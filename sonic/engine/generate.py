@@ -87,15 +87,18 @@ class Engine:
         """The longest sequence this engine can run: the model's context, or a smaller fixed cache."""
         return min(self.config.max_position_embeddings, getattr(self.runner, "max_len", None) or 1 << 62)
 
-    def check_length(self, prompt_tokens: int, max_tokens: int):
+    def check_length(self, prompt_tokens: int, max_tokens: int, flag: str = "--max-tokens",
+                     context_length: int | None = None):
+        """A user error unless the prompt and `max_tokens` fit; `flag` names the setting in the message."""
+        context = context_length or self.context_length
         if max_tokens < 1:
-            raise SonicError(f"invalid --max-tokens {max_tokens}: use a positive number")
+            raise SonicError(f"invalid {flag} {max_tokens}: use a positive number")
         if prompt_tokens == 0:
             raise SonicError("the prompt is empty: give some text to continue")
-        if prompt_tokens + max_tokens > self.context_length:
+        if prompt_tokens + max_tokens > context:
             raise SonicError(f"prompt ({prompt_tokens} tokens) + max tokens ({max_tokens}) = "
                              f"{prompt_tokens + max_tokens} exceeds the model's context length "
-                             f"of {self.context_length}: shorten the prompt or lower --max-tokens")
+                             f"of {context}: shorten the prompt or lower {flag}")
 
     def generate_ids(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams) -> Iterator[int]:
         """Yield token ids until EOS or `max_tokens`; statistics land in `self.last_stats`."""
@@ -122,27 +125,18 @@ class Engine:
     def stream(self, prompt_ids: list[int], max_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                stop: list[str] | tuple[str, ...] = ()) -> Iterator[str]:
         """Yield text pieces; a stop string ends the stream and is not part of it."""
-        from sonic.stop import StopStrings
+        from sonic.text_stream import TextStream
 
-        detok = self.text_tokenizer().detokenizer()
-        stops = StopStrings(list(stop)) if stop else None
+        text = TextStream(self.text_tokenizer(), stop)
         ids = self.generate_ids(prompt_ids, max_tokens, sampling)
         for token_id in ids:
-            piece = detok.add(token_id)
-            if stops is not None:
-                piece, hit = stops.feed(piece)
-                if hit:
-                    ids.close()
-                    self.last_stats.finish_reason = "stop"
-                    if piece:
-                        yield piece
-                    return
+            piece = text.add(token_id)
             if piece:
                 yield piece
-        tail = detok.flush()
-        if stops is not None:
-            tail, hit = stops.feed(tail)
-            if not hit:
-                tail += stops.flush()
+            if text.stopped:
+                ids.close()
+                self.last_stats.finish_reason = "stop"
+                return
+        tail = text.finish()
         if tail:
             yield tail

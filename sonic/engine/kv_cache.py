@@ -17,14 +17,27 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
-    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Store k/v [batch, kv_heads, T, head_dim] at positions start..start+T."""
+    def write(self, layer: int, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store k/v [batch, kv_heads, T, head_dim] at positions start..start+T, or, when `start` is a
+        tensor [batch, T], row b's tokens at positions start[b] (sequences of different lengths)."""
+        if isinstance(start, torch.Tensor):
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]
+            self.k[layer][rows, :, start] = k.transpose(1, 2)
+            self.v[layer][rows, :, start] = v.transpose(1, 2)
+            return
         end = start + k.shape[-2]
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
 
     def view(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def rows(self, lo: int, hi: int) -> "KVCache":
+        """A cache over batch rows lo..hi that shares this one's storage (writes land here)."""
+        view = object.__new__(KVCache)
+        view.k, view.v = self.k[:, lo:hi], self.v[:, lo:hi]
+        view.max_len, view.length = self.max_len, self.length
+        return view
 
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes

@@ -51,7 +51,7 @@ class Attention(nn.Module):
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # [b, heads, t, head_dim]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         cache.write(self.layer, start, k, v)
-        keys, values = cache.view(self.layer, start + t)
+        keys, values = cache.view(self.layer, mask.shape[-1])  # the mask spans every visible key
         # enable_gqa shares each KV head across its query group without copying the cache.
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=c.gqa_group > 1)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, c.q_size))
@@ -113,8 +113,12 @@ class LlamaModel(nn.Module):
 
     def attention_mask(self, start: int, t: int, device) -> torch.Tensor:
         """Bool [t, start+t]: True where a query may see a key (causal, and inside the sliding window)."""
-        q_pos = torch.arange(start, start + t, device=device)[:, None]
-        k_pos = torch.arange(start + t, device=device)[None, :]
+        return self.row_attention_mask(torch.arange(start, start + t, device=device)[None], start + t)[0, 0]
+
+    def row_attention_mask(self, positions: torch.Tensor, end: int) -> torch.Tensor:
+        """Bool [batch, 1, T, end] for query positions [batch, T], each row over its own keys 0..end."""
+        k_pos = torch.arange(end, device=positions.device)
+        q_pos = positions[:, None, :, None]
         mask = k_pos <= q_pos
         window = self.config.sliding_window
         if window is not None:
@@ -130,9 +134,27 @@ class LlamaModel(nn.Module):
         cos, sin = self.rope(start + t, ids.device, x.dtype)
         cos, sin = cos[start:start + t], sin[start:start + t]
         mask = self.attention_mask(start, t, ids.device)
+        logits = self._layers(x, start, cos, sin, cache, mask, last_only)
+        cache.length = start + t
+        return logits
+
+    @torch.inference_mode()
+    def forward_rows(self, ids: torch.Tensor, starts: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Like `forward`, but row b runs positions starts[b]..starts[b]+T against its own cache row:
+        sequences of different lengths decoding in one batch. Logits [batch, T, V] (float32)."""
+        t = ids.shape[1]
+        positions = starts.view(-1, 1) + torch.arange(t, device=ids.device)
+        end = int(positions.max()) + 1
+        if end > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} positions, asked for {end}")
+        x = self.model.embed_tokens(ids)
+        cos, sin = self.rope(end, ids.device, x.dtype)
+        cos, sin = cos[positions][:, None], sin[positions][:, None]  # [batch, 1, T, head_dim]: per row
+        return self._layers(x, positions, cos, sin, cache, self.row_attention_mask(positions, end))
+
+    def _layers(self, x, start, cos, sin, cache, mask, last_only: bool = False) -> torch.Tensor:
         for layer in self.model.layers:
             x = layer(x, start, cos, sin, cache, mask)
-        cache.length = start + t
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.model.norm(x)).float()

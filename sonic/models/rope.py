@@ -41,7 +41,7 @@ def rope_tables(config: ModelConfig, max_len: int, device=None) -> tuple[torch.T
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [..., T, head_dim]; cos/sin [T, head_dim] already cast to x's dtype."""
+    """x [..., T, head_dim]; cos/sin [T, head_dim] (or per row, broadcastable to x) in x's dtype."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin

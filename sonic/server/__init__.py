@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server (`sonic serve`); needs the `serve` extra (FastAPI, uvicorn)."""
