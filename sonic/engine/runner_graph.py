@@ -160,3 +160,53 @@ class GraphRunner(ReferenceRunner):
         finally:
             done.record()
             done.synchronize()  # queued steps finish before the buffers are reused
+
+    # ---- speculative decoding (the verify graphs live in verify_graph.py) ----
+    def verify(self, tokens: list[int], start: int) -> torch.Tensor:
+        """Logits [m, V] of `tokens` at positions start.. in one fused step (m <= MAX_QUERY_TOKENS)."""
+        return self._verify_graphs().logits(tokens, start)
+
+    def verify_argmax(self, tokens: list[int], start: int) -> list[int]:
+        """The greedy choice after each of `tokens`, chosen on the GPU: only m ids reach the host."""
+        return self._verify_graphs().argmax(tokens, start)
+
+    def _verify_graphs(self):
+        if getattr(self, "_verify", None) is None:
+            from sonic.engine.verify_graph import VerifyGraphs
+            self._verify = VerifyGraphs(self)
+        return self._verify
+
+    def decode_steps(self, token: int, position: int, n: int, sampling: SamplingParams,
+                     gen: torch.Generator | None = None) -> Iterator[int]:
+        """`n` plain steps of the captured decode graph from `token` at `position`, queued as in
+        `generate`: the speculative loop's stretches without drafts cost what plain decoding costs."""
+        if not sampling.greedy:
+            self.seed.fill_(int(torch.randint(0, 2**62, (1,), generator=gen, device=self.device)))
+            self.step_counter.zero_()
+        self.tokens[:1].fill_(token)
+        self.positions[:1].fill_(position)
+        # Set before a first capture: its warm-up steps then write K/V only at and past `position`,
+        # never over the accepted sequence before it.
+        graph = self._graph(sampling)
+        done = torch.cuda.Event()
+        events = [torch.cuda.Event() for _ in range(QUEUE_AHEAD + 1)]
+        slots = len(events)
+
+        def enqueue(step: int):
+            graph.replay()
+            self.host_tokens[step % slots].copy_(self.tokens[0], non_blocking=True)
+            events[step % slots].record()
+
+        for step in range(min(QUEUE_AHEAD, n)):
+            enqueue(step)
+        try:
+            for step in range(n):
+                events[step % slots].synchronize()
+                token = int(self.host_tokens[step % slots])
+                if step + QUEUE_AHEAD < n:
+                    enqueue(step + QUEUE_AHEAD)
+                yield token
+        finally:
+            done.record()
+            done.synchronize()
+        self.position = position + n
