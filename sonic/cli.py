@@ -38,6 +38,18 @@ def add_sampling_args(p: argparse.ArgumentParser):
                    help="stop when this text appears (repeatable)")
 
 
+def add_spec_args(p: argparse.ArgumentParser, mode: bool = True):
+    if mode:
+        p.add_argument("--speculative", default="off", choices=["off", "ngram", "draft", "auto"],
+                       help="speculative decoding: ngram (prompt lookup) or draft (--draft-model) draft "
+                            "--spec-max-tokens tokens every step; auto adapts the depth and turns itself off "
+                            "where it does not pay (default: off)")
+    p.add_argument("--spec-max-tokens", type=int, default=8, metavar="K",
+                   help="most tokens drafted per step, 1 to 15 (default: 8)")
+    p.add_argument("--draft-model", metavar="PATH", default=None,
+                   help="a smaller model with the same tokenizer, for --speculative draft or auto")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="sonic", description="Sonic: latency-first LLM inference.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
@@ -50,11 +62,13 @@ def build_parser() -> ArgumentParser:
     gen.add_argument("--system", default=None, help="system message (chat-template models)")
     add_model_args(gen)
     add_sampling_args(gen)
+    add_spec_args(gen)
 
     chat = sub.add_parser("chat", help="interactive multi-turn chat")
     chat.add_argument("--system", default=None, help="system message")
     add_model_args(chat)
     add_sampling_args(chat)
+    add_spec_args(chat)
 
     bench = sub.add_parser("bench", help="decode speed per request against the bandwidth ceiling")
     src = bench.add_mutually_exclusive_group()
@@ -82,9 +96,15 @@ def sampling_from_args(args):
     return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
 
+def spec_from_args(args):
+    from sonic.spec.speculator import SpecConfig
+    return SpecConfig(args.speculative, args.spec_max_tokens, args.draft_model)
+
+
 def load_engine(args):
     from sonic.engine.generate import Engine
-    return Engine.load(args.model, device=args.device, dtype=args.dtype, runner=args.runner)
+    spec = spec_from_args(args)  # validate flags before the (slow) model load
+    return Engine.load(args.model, device=args.device, dtype=args.dtype, runner=args.runner, spec=spec)
 
 
 def messages_for(prompt: str, system: str | None) -> list[dict]:
