@@ -88,6 +88,17 @@ def build_parser() -> ArgumentParser:
                        help="write the report (default path: bench/results/DATE-DEVICE-MODEL.json)")
     bench.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                        help="write a bar chart (default: next to the JSON)")
+    tasks = bench.add_argument_group("speculative decoding per task (--tasks)")
+    tasks.add_argument("--tasks", action="store_true",
+                       help="greedy decode speed per task category with speculation off, at fixed depths and "
+                            "auto (the model defaults to the embedded one; --output-tokens caps each answer)")
+    tasks.add_argument("--task", action="append", default=None, metavar="NAME",
+                       help="only this category (repeatable): code-editing, code-generation, extraction, "
+                            "grounded, creative")
+    tasks.add_argument("--prompts", type=int, default=3, help="prompts per category (default: 3)")
+    tasks.add_argument("--fixed-k", type=int, nargs="+", default=[2, 4, 8], metavar="K",
+                       help="fixed draft depths to compare (default: 2 4 8)")
+    add_spec_args(tasks, mode=False)
     return parser
 
 
@@ -137,6 +148,8 @@ def cmd_chat(args) -> int:
 
 def cmd_bench(args) -> int:
     from sonic.bench.run import format_table, result_path, run_bench, write_json
+    if args.tasks:
+        return cmd_bench_tasks(args)
     if args.preset is None and args.model is None:
         raise SonicError("sonic bench needs --preset NAME (random weights) or --model PATH")
     for flag in ("prompt_tokens", "output_tokens", "repeats"):
@@ -154,6 +167,24 @@ def cmd_bench(args) -> int:
         png = args.plot or result_path(report).with_suffix(".png")
         sys.stderr.write(f"wrote {plot_report(report, png)}\n")
     print(format_table(report))
+    return 0
+
+
+def cmd_bench_tasks(args) -> int:
+    from sonic.bench.run import result_path, write_json
+    from sonic.bench.tasks import format_tasks, run_tasks
+    from sonic.spec.loop import MAX_DRAFT
+    if args.preset is not None:
+        raise SonicError("sonic bench --tasks needs a model with a tokenizer: use --model PATH, not --preset")
+    if args.prompts < 1 or args.repeats < 1 or args.output_tokens < 1:
+        raise SonicError("--prompts, --repeats and --output-tokens must be at least 1")
+    for flag, k in [("--fixed-k", k) for k in args.fixed_k] + [("--spec-max-tokens", args.spec_max_tokens)]:
+        if not 1 <= k <= MAX_DRAFT:
+            raise SonicError(f"invalid {flag} {k}: use 1 to {MAX_DRAFT} draft tokens")
+    report = run_tasks(args)
+    if args.json is not None:
+        sys.stderr.write(f"wrote {write_json(report, args.json or result_path(report, suffix='-tasks'))}\n")
+    print(format_tasks(report))
     return 0
 
 
