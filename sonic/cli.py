@@ -172,7 +172,7 @@ def cmd_bench(args) -> int:
 
 def cmd_bench_tasks(args) -> int:
     from sonic.bench.run import result_path, write_json
-    from sonic.bench.tasks import format_tasks, run_tasks
+    from sonic.bench.tasks import check_tasks, format_tasks, run_tasks
     from sonic.spec.loop import MAX_DRAFT
     if args.preset is not None:
         raise SonicError("sonic bench --tasks needs a model with a tokenizer: use --model PATH, not --preset")
@@ -181,6 +181,7 @@ def cmd_bench_tasks(args) -> int:
     for flag, k in [("--fixed-k", k) for k in args.fixed_k] + [("--spec-max-tokens", args.spec_max_tokens)]:
         if not 1 <= k <= MAX_DRAFT:
             raise SonicError(f"invalid {flag} {k}: use 1 to {MAX_DRAFT} draft tokens")
+    check_tasks(args.task)  # before the (slow) model load
     report = run_tasks(args)
     if args.json is not None:
         sys.stderr.write(f"wrote {write_json(report, args.json or result_path(report, suffix='-tasks'))}\n")

@@ -16,10 +16,14 @@ from sonic.errors import SonicError
 WARMUP_TOKENS = 16
 
 
-def task_prompts(engine, categories: list[str] | None, per_task: int) -> dict[str, list[list[int]]]:
+def check_tasks(categories: list[str] | None):
     unknown = [c for c in categories or [] if c not in TASKS]
     if unknown:
         raise SonicError(f"unknown task '{unknown[0]}': choose from {', '.join(TASKS)}")
+
+
+def task_prompts(engine, categories: list[str] | None, per_task: int) -> dict[str, list[list[int]]]:
+    check_tasks(categories)
     tok = engine.text_tokenizer()
     system = lambda c: [{"role": "system", "content": SYSTEM[c]}] if c in SYSTEM else []  # noqa: E731
     return {c: [tok.encode_chat(system(c) + [{"role": "user", "content": p}]) for p in TASKS[c][:per_task]]

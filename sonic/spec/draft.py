@@ -83,15 +83,28 @@ class DraftProposer:
         return Proposal(tokens, None if sampling.greedy else torch.stack(probs))
 
 
+def model_config(path: str | None):
+    """A model's config alone (no weights): cheap enough to check before loading anything."""
+    from sonic.config import ModelConfig
+    from sonic.weights.loader import resolve_model_path
+
+    resolved = resolve_model_path(path)
+    return ModelConfig.from_gguf(resolved) if resolved.is_file() else ModelConfig.from_hf(resolved)
+
+
+def check_vocab(draft_path: str, draft_config, target_config):
+    if draft_config.vocab_size != target_config.vocab_size:
+        raise SonicError(f"--draft-model {draft_path} has a vocabulary of {draft_config.vocab_size} tokens but "
+                         f"the model has {target_config.vocab_size}: use a draft model with the same tokenizer")
+
+
 def load_draft(path: str, target_config, dtype: torch.dtype, device: str, runner_name: str) -> DraftProposer:
     """A draft model from a Hugging Face folder or GGUF file, checked against the target's vocabulary."""
     from sonic.engine.runners import make_runner
     from sonic.models.registry import build_model
     from sonic.weights.loader import load_weights
 
+    check_vocab(path, model_config(path), target_config)
     loaded = load_weights(path, dtype, device, with_tokenizer=False)
-    if loaded.config.vocab_size != target_config.vocab_size:
-        raise SonicError(f"--draft-model {path} has a vocabulary of {loaded.config.vocab_size} tokens but the "
-                         f"model has {target_config.vocab_size}: use a draft model with the same tokenizer")
     net = build_model(loaded.config, loaded.state_dict, dtype, device)
     return DraftProposer(make_runner(runner_name, net))
