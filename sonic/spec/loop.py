@@ -63,10 +63,11 @@ def speculative_generate(runner, proposer, policy, prompt_ids: list[int], max_to
     runner.reserve(len(prompt_ids) + max_tokens)
     gen = None if sampling.greedy else sampling.generator(runner.device)
     token = int(sample(runner.prefill(prompt_ids)[None], sampling, gen)[0])
+    yield token
+    # After the first token, so that a draft model's prefill never delays it.
     proposer.start(prompt_ids, len(prompt_ids) + max_tokens)
     policy.start()
     context = list(prompt_ids) + [token]
-    yield token
     emitted = 1
     while emitted < max_tokens and token not in stop_ids:
         remaining = max_tokens - emitted
