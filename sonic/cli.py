@@ -39,6 +39,18 @@ def add_sampling_args(p: argparse.ArgumentParser):
                    help="stop when this text appears (repeatable)")
 
 
+def add_spec_args(p: argparse.ArgumentParser, mode: bool = True):
+    if mode:
+        p.add_argument("--speculative", default="off", choices=["off", "ngram", "draft", "auto"],
+                       help="speculative decoding: ngram (prompt lookup) or draft (--draft-model) draft "
+                            "--spec-max-tokens tokens every step; auto adapts the depth and turns itself off "
+                            "where it does not pay (default: off)")
+    p.add_argument("--spec-max-tokens", type=int, default=8, metavar="K",
+                   help="most tokens drafted per step, 1 to 15 (default: 8)")
+    p.add_argument("--draft-model", metavar="PATH", default=None,
+                   help="a smaller model with the same tokenizer, for --speculative draft or auto")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="sonic", description="Sonic: latency-first LLM inference.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
@@ -51,11 +63,13 @@ def build_parser() -> ArgumentParser:
     gen.add_argument("--system", default=None, help="system message (chat-template models)")
     add_model_args(gen)
     add_sampling_args(gen)
+    add_spec_args(gen)
 
     chat = sub.add_parser("chat", help="interactive multi-turn chat")
     chat.add_argument("--system", default=None, help="system message")
     add_model_args(chat)
     add_sampling_args(chat)
+    add_spec_args(chat)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a live playground")
     add_model_args(serve)
@@ -80,6 +94,17 @@ def build_parser() -> ArgumentParser:
                        help="write the report (default path: bench/results/DATE-DEVICE-MODEL.json)")
     bench.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                        help="write a bar chart (default: next to the JSON)")
+    tasks = bench.add_argument_group("speculative decoding per task (--tasks)")
+    tasks.add_argument("--tasks", action="store_true",
+                       help="greedy decode speed per task category with speculation off, at fixed depths and "
+                            "auto (the model defaults to the embedded one; --output-tokens caps each answer)")
+    tasks.add_argument("--task", action="append", default=None, metavar="NAME",
+                       help="only this category (repeatable): code-editing, code-generation, extraction, "
+                            "grounded, creative")
+    tasks.add_argument("--prompts", type=int, default=3, help="prompts per category (default: 3)")
+    tasks.add_argument("--fixed-k", type=int, nargs="+", default=[2, 4, 8], metavar="K",
+                       help="fixed draft depths to compare (default: 2 4 8)")
+    add_spec_args(tasks, mode=False)
     add_estimate_parser(sub)
     return parser
 
@@ -89,9 +114,15 @@ def sampling_from_args(args):
     return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
 
+def spec_from_args(args):
+    from sonic.spec.speculator import SpecConfig
+    return SpecConfig(args.speculative, args.spec_max_tokens, args.draft_model)
+
+
 def load_engine(args):
     from sonic.engine.generate import Engine
-    return Engine.load(args.model, device=args.device, dtype=args.dtype, runner=args.runner)
+    spec = spec_from_args(args)  # validate flags before the (slow) model load
+    return Engine.load(args.model, device=args.device, dtype=args.dtype, runner=args.runner, spec=spec)
 
 
 def messages_for(prompt: str, system: str | None) -> list[dict]:
@@ -124,6 +155,8 @@ def cmd_chat(args) -> int:
 
 def cmd_bench(args) -> int:
     from sonic.bench.run import format_table, result_path, run_bench, write_json
+    if args.tasks:
+        return cmd_bench_tasks(args)
     if args.preset is None and args.model is None:
         raise SonicError("sonic bench needs --preset NAME (random weights) or --model PATH")
     for flag in ("prompt_tokens", "output_tokens", "repeats"):
@@ -141,6 +174,25 @@ def cmd_bench(args) -> int:
         png = args.plot or result_path(report).with_suffix(".png")
         sys.stderr.write(f"wrote {plot_report(report, png)}\n")
     print(format_table(report))
+    return 0
+
+
+def cmd_bench_tasks(args) -> int:
+    from sonic.bench.run import result_path, write_json
+    from sonic.bench.tasks import check_tasks, format_tasks, run_tasks
+    from sonic.spec.loop import MAX_DRAFT
+    if args.preset is not None:
+        raise SonicError("sonic bench --tasks needs a model with a tokenizer: use --model PATH, not --preset")
+    if args.prompts < 1 or args.repeats < 1 or args.output_tokens < 1:
+        raise SonicError("--prompts, --repeats and --output-tokens must be at least 1")
+    for flag, k in [("--fixed-k", k) for k in args.fixed_k] + [("--spec-max-tokens", args.spec_max_tokens)]:
+        if not 1 <= k <= MAX_DRAFT:
+            raise SonicError(f"invalid {flag} {k}: use 1 to {MAX_DRAFT} draft tokens")
+    check_tasks(args.task)  # before the (slow) model load
+    report = run_tasks(args)
+    if args.json is not None:
+        sys.stderr.write(f"wrote {write_json(report, args.json or result_path(report, suffix='-tasks'))}\n")
+    print(format_tasks(report))
     return 0
 
 

@@ -107,17 +107,22 @@ def run_bench(args) -> dict:
     prompt = torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).tolist()
     runners = [args.runner] + [r for r in args.compare if r != args.runner]
     results = [bench_runner(r, model, prompt, args, bandwidth) for r in runners]
+    return {**report_header(name, device, dtype),
+            "bandwidth_GBps": bandwidth / 1e9, "context": prompt_len + args.output_tokens,
+            "options": {"SONIC_PDL": pdl_setting()},
+            "results": results}
+
+
+def report_header(model: str, device: str, dtype: torch.dtype) -> dict:
+    """What every benchmark report starts with: what ran, where, on which code."""
     versions = {"python": sys.version.split()[0], "torch": torch.__version__}
     try:
         import triton
         versions["triton"] = triton.__version__
     except ImportError:
         pass
-    return {"model": name, "device": device_name(device), "dtype": str(dtype).removeprefix("torch."),
-            "date": datetime.date.today().isoformat(), "commit": git_commit(), "versions": versions,
-            "bandwidth_GBps": bandwidth / 1e9, "context": prompt_len + args.output_tokens,
-            "options": {"SONIC_PDL": pdl_setting()},
-            "results": results}
+    return {"model": model, "device": device_name(device), "dtype": str(dtype).removeprefix("torch."),
+            "date": datetime.date.today().isoformat(), "commit": git_commit(), "versions": versions}
 
 
 def format_table(report: dict) -> str:
@@ -132,9 +137,10 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def result_path(report: dict, folder: str | Path = "bench/results") -> Path:
+def result_path(report: dict, folder: str | Path = "bench/results", suffix: str | None = None) -> Path:
     device = report["device"].lower().replace("nvidia ", "").replace(" ", "-")
-    suffix = f"-ctx{report['context']}" if report["context"] > 1024 else ""
+    if suffix is None:
+        suffix = f"-ctx{report['context']}" if report["context"] > 1024 else ""
     return Path(folder) / f"{report['date']}-{device}-{report['model']}{suffix}.json"
 
 

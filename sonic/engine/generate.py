@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
 from sonic.config import EngineConfig, ModelConfig
 from sonic.engine.sampling import SamplingParams
 from sonic.errors import SonicError
+
+if TYPE_CHECKING:
+    from sonic.spec.loop import SpecStats
+    from sonic.spec.speculator import SpecConfig
 
 
 @dataclass
@@ -21,6 +25,7 @@ class GenerationStats:
     finish_reason: str = ""      # "stop" (EOS or stop string) or "length"
     token_ids: list[int] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)  # host clock when each token arrived
+    spec: "SpecStats | None" = None  # speculative decoding: drafted, accepted, verification steps
 
     @property
     def decode_tok_s(self) -> float:
@@ -28,8 +33,13 @@ class GenerationStats:
         return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"prompt {self.prompt_tokens} tokens, output {self.output_tokens} tokens, "
+        line = (f"prompt {self.prompt_tokens} tokens, output {self.output_tokens} tokens, "
                 f"TTFT {self.ttft_s * 1e3:.1f} ms, decode {self.decode_tok_s:.1f} tok/s")
+        if self.spec is not None:
+            s = self.spec
+            line += (f", speculative: {s.drafted} drafted, {s.accepted} accepted ({100 * s.acceptance_rate:.0f}%), "
+                     f"mean accepted length {s.mean_accepted:.2f}")
+        return line
 
 
 def resolve_device(device: str) -> str:
@@ -61,20 +71,29 @@ class Engine:
         eos = set(config.eos_token_ids) | set(getattr(tokenizer, "eos_token_ids", ()) or ())
         self.eos_ids = frozenset(eos)
         self.last_stats = GenerationStats()
+        self.speculator = None  # a sonic.spec.speculator.Speculator when speculative decoding is on
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "cpu", dtype: str = "auto",
-             runner: str = "auto") -> "Engine":
+             runner: str = "auto", spec: "SpecConfig | None" = None) -> "Engine":
         from sonic.models.registry import build_model
         from sonic.engine.runners import make_runner
         from sonic.weights.loader import load_weights
 
         device = resolve_device(device)
+        if spec is not None and spec.draft_model:
+            from sonic.spec.draft import check_vocab, model_config
+            # A draft that cannot work with this model fails before the slow loads.
+            check_vocab(spec.draft_model, model_config(spec.draft_model), model_config(model))
         ecfg = EngineConfig(device=device, dtype=resolve_dtype(dtype, device),
                             runner=resolve_runner(runner, device))
         loaded = load_weights(model, ecfg.torch_dtype, device)
         net = build_model(loaded.config, loaded.state_dict, ecfg.torch_dtype, device)
-        return cls(loaded.config, make_runner(ecfg.runner, net), loaded.tokenizer, ecfg)
+        engine = cls(loaded.config, make_runner(ecfg.runner, net), loaded.tokenizer, ecfg)
+        if spec is not None and spec.on:
+            from sonic.spec.speculator import Speculator
+            engine.speculator = Speculator.build(spec, engine.runner, ecfg.torch_dtype, device, ecfg.runner)
+        return engine
 
     def text_tokenizer(self):
         """The tokenizer, or a user error for a model folder that ships none."""
@@ -105,7 +124,12 @@ class Engine:
         self.check_length(len(prompt_ids), max_tokens)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_ids), finish_reason="length")
         start = time.perf_counter()
-        tokens = self.runner.generate(prompt_ids, max_tokens, sampling)
+        spec = self.speculator
+        if spec is not None:
+            tokens = spec.generate(prompt_ids, max_tokens, sampling, self.eos_ids)
+            stats.spec = spec.last
+        else:
+            tokens = self.runner.generate(prompt_ids, max_tokens, sampling)
         try:
             for token_id in tokens:
                 now = time.perf_counter()

@@ -139,13 +139,25 @@ class GraphRunner(ReferenceRunner):
         self.reserve(len(prompt_ids) + max_tokens)
         graph = self._graph(sampling)
         gen = None if sampling.greedy else sampling.generator(self.device)
-        if gen is not None:
-            self.seed.fill_(int(torch.randint(0, 2**62, (1,), generator=gen, device=self.device)))
-            self.step_counter.zero_()
+        self._seed(sampling, gen)
         first = sample(self.prefill(prompt_ids)[None], sampling, gen)
         self.tokens[:1].copy_(first)
         self.positions[:1].fill_(len(prompt_ids))
-        done = torch.cuda.Event()
+        steps = self._queue(graph, max_tokens - 1)
+        try:
+            yield int(first[0])  # the GPU is already busy with the next steps
+            yield from steps
+        finally:
+            self._drain()
+
+    def _seed(self, sampling: SamplingParams, gen: torch.Generator | None):
+        if not sampling.greedy:
+            self.seed.fill_(int(torch.randint(0, 2**62, (1,), generator=gen, device=self.device)))
+            self.step_counter.zero_()
+
+    def _queue(self, graph: torch.cuda.CUDAGraph, n: int) -> Iterator[int]:
+        """Replay `graph` n times, QUEUE_AHEAD steps ahead of the host. The first replays are queued
+        now; the iterator returned yields each step's token as it lands in the pinned buffer."""
         events = [torch.cuda.Event() for _ in range(QUEUE_AHEAD + 1)]
         slots = len(events)
 
@@ -154,17 +166,51 @@ class GraphRunner(ReferenceRunner):
             self.host_tokens[step % slots].copy_(self.tokens[0], non_blocking=True)
             events[step % slots].record()
 
-        remaining = max_tokens - 1
-        for step in range(min(QUEUE_AHEAD, remaining)):
+        for step in range(min(QUEUE_AHEAD, n)):
             enqueue(step)
-        try:
-            yield int(first[0])  # the GPU is already busy with the next steps
-            for step in range(remaining):
+
+        def tokens():
+            for step in range(n):
                 events[step % slots].synchronize()
                 token = int(self.host_tokens[step % slots])
-                if step + QUEUE_AHEAD < remaining:
+                if step + QUEUE_AHEAD < n:
                     enqueue(step + QUEUE_AHEAD)
                 yield token
+        return tokens()
+
+    def _drain(self):
+        """Wait for every queued step, so the buffers can be reused."""
+        done = torch.cuda.Event()
+        done.record()
+        done.synchronize()
+
+    # ---- speculative decoding (the verify graphs live in verify_graph.py) ----
+    def verify(self, tokens: list[int], start: int) -> torch.Tensor:
+        """Logits [m, V] of `tokens` at positions start.. in one fused step (m <= MAX_QUERY_TOKENS)."""
+        return self._verify_graphs().logits(tokens, start)
+
+    def verify_argmax(self, tokens: list[int], start: int) -> list[int]:
+        """The greedy choice after each of `tokens`, chosen on the GPU: only m ids reach the host."""
+        return self._verify_graphs().argmax(tokens, start)
+
+    def _verify_graphs(self):
+        if getattr(self, "_verify", None) is None:
+            from sonic.engine.verify_graph import VerifyGraphs
+            self._verify = VerifyGraphs(self)
+        return self._verify
+
+    def decode_steps(self, token: int, position: int, n: int, sampling: SamplingParams,
+                     gen: torch.Generator | None = None) -> Iterator[int]:
+        """`n` plain steps of the captured decode graph from `token` at `position`, queued as in
+        `generate`: the speculative loop's stretches without drafts cost what plain decoding costs."""
+        self._seed(sampling, gen)
+        self.tokens[:1].fill_(token)
+        self.positions[:1].fill_(position)
+        # Set before a first capture: its warm-up steps then write K/V only at and past `position`,
+        # never over the accepted sequence before it.
+        graph = self._graph(sampling)
+        try:
+            yield from self._queue(graph, n)
         finally:
-            done.record()
-            done.synchronize()  # queued steps finish before the buffers are reused
+            self._drain()
+        self.position = position + n

@@ -49,12 +49,41 @@ class ReferenceRunner:
         """Sampled token ids, one per step; the host reads each token (this path syncs every step)."""
         self.reserve(len(prompt_ids) + max_tokens)
         gen = None if sampling.greedy else sampling.generator(self.device)
-        logits = self.prefill(prompt_ids)
-        for i in range(max_tokens):
-            token = sample(logits[None], sampling, gen)[0]
-            yield int(token)
-            if i + 1 < max_tokens:
-                logits = self.decode(token)
+        token = int(sample(self.prefill(prompt_ids)[None], sampling, gen)[0])
+        yield token
+        yield from self.decode_steps(token, len(prompt_ids), max_tokens - 1, sampling, gen)
+
+    def decode_steps(self, token: int, position: int, n: int, sampling: SamplingParams,
+                     gen: torch.Generator | None = None) -> Iterator[int]:
+        """`n` plain decode steps from `token` at `position`, yielding each next token."""
+        self.position = position
+        current = torch.tensor(token, device=self.device)
+        for _ in range(n):
+            current = sample(self.decode(current)[None], sampling, gen)[0]
+            yield int(current)
+
+    # ---- speculative verification ----
+    def verify(self, tokens: list[int], start: int) -> torch.Tensor:
+        """Logits [len(tokens), V] for `tokens` at positions start.., writing their K/V into the cache.
+
+        Each row runs as its own one-token step: PyTorch's CPU matmuls pick different kernels for one
+        row and for several (gemv against gemm), so a batched pass would differ from `decode` in the
+        last bits and speculative greedy output could drift from plain decoding. The fast path verifies
+        all rows in one pass; here exactness comes first."""
+        rows = [self.model(torch.tensor([[t]], device=self.device), start + i, self.cache)[0, -1]
+                for i, t in enumerate(tokens)]
+        self.position = start + len(tokens)
+        return torch.stack(rows)
+
+    def verify_argmax(self, tokens: list[int], start: int) -> list[int]:
+        """The target's greedy choice after each of `tokens` (what `verify` would give, argmaxed)."""
+        return self.verify(tokens, start).argmax(dim=-1).tolist()
+
+    def rewind(self, length: int):
+        """Keep the first `length` positions: entries past them (rejected drafts) are overwritten later."""
+        self.position = length
+        if self.cache is not None:
+            self.cache.length = min(self.cache.length, length)
 
     def forward_all(self, ids: list[int]) -> torch.Tensor:
         """Teacher-forced logits [T, V] for a whole sequence from position 0 (for tests and checks)."""

@@ -1,0 +1,51 @@
+"""Prompt lookup: match the last n tokens against the prompt and output so far, propose what followed.
+
+No extra weights. For each n an index maps every n-gram that has a successor to its latest start, so a
+lookup costs O(max_n) whatever the context length; the index grows with the context, never rescans it.
+"""
+from __future__ import annotations
+
+import torch
+
+from sonic.engine.sampling import SamplingParams
+from sonic.errors import SonicError
+from sonic.spec.proposer import Proposal
+
+
+class NgramProposer:
+    name = "ngram"
+
+    def __init__(self, max_n: int = 4, min_n: int = 1):
+        if not 1 <= min_n <= max_n:
+            raise SonicError(f"n-gram sizes must satisfy 1 <= min_n <= max_n, got {min_n} and {max_n}")
+        self.max_n, self.min_n = max_n, min_n
+        self.start([], 0)
+
+    def start(self, prompt_ids: list[int], max_len: int) -> None:
+        self.seen: list[int] = []
+        self.index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(self.min_n, self.max_n + 1)}
+
+    def _extend(self, context: list[int]):
+        old = len(self.seen)
+        # The loop's context only grows; anything else (a new request) rebuilds the index.
+        if len(context) < old or context[max(0, old - self.max_n - 1):old] != self.seen[-self.max_n - 1:]:
+            self.start([], 0)
+            old = 0
+        for n, table in self.index.items():
+            # n-grams that now have a successor: those starting at old - n .. len - n - 1.
+            for i in range(max(0, old - n), len(context) - n):
+                table[tuple(context[i:i + n])] = i
+        self.seen.extend(context[old:])
+
+    def lookup(self, context: list[int], k: int) -> list[int]:
+        """Up to k tokens that followed the most recent earlier occurrence of the longest matching suffix."""
+        self._extend(context)
+        for n in range(min(self.max_n, len(context) - 1), self.min_n - 1, -1):
+            i = self.index[n].get(tuple(context[-n:]))
+            if i is not None:
+                return context[i + n:i + n + k]
+        return []
+
+    def propose(self, context: list[int], k: int, sampling: SamplingParams,
+                gen: torch.Generator | None) -> Proposal:
+        return Proposal(self.lookup(context, k))
