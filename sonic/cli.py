@@ -121,7 +121,8 @@ def spec_from_args(args):
 
 def load_engine(args):
     from sonic.engine.generate import Engine
-    spec = spec_from_args(args)  # validate flags before the (slow) model load
+    # `serve` decodes through its own scheduler and takes no speculation flags (yet).
+    spec = spec_from_args(args) if hasattr(args, "speculative") else None  # validated before the slow load
     return Engine.load(args.model, device=args.device, dtype=args.dtype, runner=args.runner, spec=spec)
 
 

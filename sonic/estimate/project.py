@@ -32,10 +32,10 @@ class Calibration:
     allreduce_us: float = ALLREDUCE_US
 
 
-# Fitted by `sonic estimate --calibrate bench/results/*.json` to the 8 graph-runner runs there, all on one
-# H100 SXM (smollm2-135m, llama-3.2-1b, qwen3-1.7b, llama-3.1-8b; commits 859af27 and 4aa8653, with
-# and without programmatic dependent launch). Re-run it when new results land and update these.
-CALIBRATED = Calibration(mbu=0.877, overhead_us=17.1)
+# Fitted by `sonic estimate --calibrate bench/results/2026-11-24-h100*.json` to the 5 graph-runner runs of
+# commit c6f0ac2 on one H100 SXM (smollm2-135m, llama-3.2-1b at 384 and 4096 tokens, qwen3-1.7b,
+# llama-3.1-8b; each within 3.1%). Re-run it when new results land and update these.
+CALIBRATED = Calibration(mbu=0.855, overhead_us=11.6)
 
 
 def link_us(hidden: int, gpus: int, gpu: GPU) -> float:
