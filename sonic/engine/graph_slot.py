@@ -44,16 +44,8 @@ class GraphSlotRunner(BatchRunner):
     def _capture(self):
         # Tokens and positions are already set for the real step, so the warm-up runs write the very
         # K/V that step writes: nothing to undo afterwards.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # compile and warm up every kernel before capture
-                self.runner.forward_step(1)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.runner.forward_step(1)
-        return graph
+        from sonic.engine.runner_graph import capture_graph
+        return capture_graph(lambda: self.runner.forward_step(1))
 
 
 def make_batch_runner(runner, max_batch: int, max_len: int) -> BatchRunner:

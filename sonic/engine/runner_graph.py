@@ -22,6 +22,21 @@ MAX_QUERY_TOKENS = 16    # rows one step can verify (speculative decoding)
 QUEUE_AHEAD = 2          # steps kept queued on the GPU while the host reads tokens
 
 
+def capture_graph(step, warmups: int = 2) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of `step()`, after `warmups` eager runs on a side stream that compile every kernel
+    and allocate every workspace (a capture may allocate nothing new)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmups):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
+
+
 class GraphRunner(ReferenceRunner):
     """Prefill (and `forward_all`) come from the reference runner, on the same weights and cache."""
     name = "graph"
@@ -106,18 +121,9 @@ class GraphRunner(ReferenceRunner):
         key = ("greedy",) if sampling.greedy else (sampling.temperature, sampling.top_k, sampling.top_p)
         if key not in self.graphs:
             saved = (self.tokens.clone(), self.positions.clone(), self.step_counter.clone())
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # compile and warm up every kernel before capture
-                    self._decode_step(sampling)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._decode_step(sampling)
+            self.graphs[key] = capture_graph(lambda: self._decode_step(sampling))
             for buf, value in zip((self.tokens, self.positions, self.step_counter), saved):
                 buf.copy_(value)
-            self.graphs[key] = graph
         return self.graphs[key]
 
     # ---- the runner interface ----

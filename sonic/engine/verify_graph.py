@@ -43,23 +43,18 @@ class VerifyGraphs:
         return m
 
     def _step(self, m: int):
-        from sonic.kernels.triton.lm_head_sample import argmax_rows
-        argmax_rows(self.runner.forward_step(m), self.ids[:m])
+        # The LM head picks each row's token in its own epilogue, as the plain decode step does.
+        from sonic.kernels.triton.lm_head_sample import lm_head_argmax
+        r = self.runner
+        lm_head_argmax(r._layers(m), r.packed.lm_head, r.logits[:m], self.ids[:m], norm_weight=r.packed.final_norm,
+                       eps=r.config.rms_norm_eps)
 
     def _graph(self, m: int) -> torch.cuda.CUDAGraph:
         # Inputs are loaded before the first capture, so the warm-up runs write exactly the K/V the
         # real step writes: capturing mid-request leaves the cache as it should be.
         if m not in self.graphs:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # compile and warm up every kernel (and workspace) before capture
-                    self._step(m)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._step(m)
-            self.graphs[m] = graph
+            from sonic.engine.runner_graph import capture_graph
+            self.graphs[m] = capture_graph(lambda: self._step(m))
         return self.graphs[m]
 
     def _run(self, tokens: list[int], start: int) -> int:

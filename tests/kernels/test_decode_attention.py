@@ -30,7 +30,7 @@ CASES = [
     (16, 17, 1, 1, 2, 128, None, False),     # rows padded past 16
     (16, 257, 16, 2, 4, 64, None, True),     # 64 rows
     (16, 257, 16, 1, 7, 48, 100, False),     # 112 rows padded to 128, window
-    (1, 1000, 16, 2, 4, 64, None, True),     # long enough to merge: 16 tiles in 2 splits of 8
+    (1, 1000, 16, 2, 4, 64, None, True),     # 16 tiles, one per split: every split merged
     (3, 1100, 3, 1, 8, 128, None, False),    # 3 splits of 6 tiles, the last one ragged
     (16, 1100, 16, 2, 4, 64, 700, False),    # window over several splits
     (9, 700, 16, 2, 1, 48, None, True),

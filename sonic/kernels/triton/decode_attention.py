@@ -3,10 +3,10 @@
 Input is the packed QKV projection of the new rows. Grid (Hkv, num_splits): each program takes one KV
 head and runs its `group` query heads of every row at once as a [M*group, D] tile, so each key tile is
 read once for them all. The prologue applies q/k RMSNorm (Qwen3) and RoPE (`qkv_rope.load_rope_heads`).
-Split-KV: the cached keys before the first new row are divided among the splits, at least
-MIN_SPLIT_TILES tiles each; one split (the last, or split 0 alone at short contexts) also attends to the
-new rows' keys straight from registers and writes them (and their values) to the cache, so no program
-reads a cache row written in the same launch. With one split busy, it stores the output itself.
+Split-KV: the cached keys before the first new row are divided among the splits; one split (the last,
+or split 0 alone when there is at most one key tile) also attends to the new rows' keys straight from
+registers and writes them (and their values) to the cache, so no program reads a cache row written in
+the same launch. With one split busy, it stores the output itself.
 Otherwise each split leaves a partial output and a log-sum-exp in a float32 workspace; the last program
 of a KV head to finish (an atomic counter, reset by that program) merges the splits in a fixed order,
 so results do not depend on timing.
@@ -25,7 +25,6 @@ from triton.runtime.interpreter import InterpretedFunction
 BLOCK_S = 64          # keys per tile
 NUM_STAGES = 3        # key tiles in flight per program
 MAX_SPLITS = 16       # more splits only lengthen the merge at the contexts a step sees
-MIN_SPLIT_TILES = tl.constexpr(1)  # a split takes at least this many key tiles (timed: 1 beats 8)
 COMBINE_ELEMS = 8192  # float32 partials one program holds at once while merging
 _LOG2E = 1.4426950408889634
 _H100_SMS = 132
@@ -136,7 +135,7 @@ def _attention_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, kc_ptr
     if HAS_WINDOW:
         first_blk = tl.maximum(kv_len - window + 1, 0) // BLOCK_S
     n_blk = tl.cdiv(kv_len, BLOCK_S) - first_blk
-    per_split = tl.maximum(tl.cdiv(n_blk, NUM_SPLITS), MIN_SPLIT_TILES)
+    per_split = tl.maximum(tl.cdiv(n_blk, NUM_SPLITS), 1)
     # A short context fits in split 0 alone: it also takes the new rows and stores the output itself.
     single = n_blk <= per_split
     blk_lo = first_blk + split * per_split
