@@ -39,6 +39,9 @@ def load_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
     for path in map(Path, paths):
         try:
             report = json.loads(path.read_text())
+            if report.get("benchmark", "decode") != "decode":  # per-task or profile reports: no decode runs
+                skipped.append(f"{path.name}: a '{report['benchmark']}' report, not a decode benchmark")
+                continue
             device, model, results = report["device"], report["model"], report["results"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise SonicError(f"cannot read benchmark result {path}: {e!r}; pass `sonic bench --json` files") from None
