@@ -78,7 +78,7 @@ def ablate(what: str):
 
         def wider(M, N, K, **kw):
             cfg = rule(M, N, K, **kw)
-            return matvec.MatvecConfig(1, cfg.block_n * factor, cfg.block_k, cfg.num_warps, cfg.num_stages) \
+            return matvec.MatvecConfig(cfg.block_n * factor, cfg.block_k, cfg.num_warps, cfg.num_stages) \
                 if M == 1 else cfg
         matvec.matvec_config = wider
     else:

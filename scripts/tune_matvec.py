@@ -74,7 +74,7 @@ def candidates(n, k, silu):
             continue
         if bn * bk // (warps * 32) < 8 or triton.cdiv(n, bn) < 132:
             continue
-        yield MatvecConfig(1, bn, bk, warps, stages)
+        yield MatvecConfig(bn, bk, warps, stages)
 
 
 def main(presets, only: str | None = None):

@@ -90,6 +90,8 @@ def build_parser() -> ArgumentParser:
     bench.add_argument("--context", type=int, default=None,
                        help="total context: the prompt is CONTEXT - output tokens long")
     bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--verify-cost", type=int, default=0, metavar="M",
+                       help="also time verifying 1..M tokens in one step (speculative decoding), in plain steps")
     bench.add_argument("--json", nargs="?", const="", default=None, metavar="PATH",
                        help="write the report (default path: bench/results/DATE-DEVICE-MODEL.json)")
     bench.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
@@ -163,6 +165,9 @@ def cmd_bench(args) -> int:
     for flag in ("prompt_tokens", "output_tokens", "repeats"):
         if getattr(args, flag) < 1:
             raise SonicError(f"--{flag.replace('_', '-')} must be at least 1")
+    from sonic.engine.runner_graph import MAX_QUERY_TOKENS
+    if not 0 <= args.verify_cost <= MAX_QUERY_TOKENS:
+        raise SonicError(f"--verify-cost {args.verify_cost}: use 1 to {MAX_QUERY_TOKENS} (0 = off)")
     if args.context is not None and args.context <= args.output_tokens:
         raise SonicError(f"--context {args.context} must exceed --output-tokens {args.output_tokens}")
     from sonic.engine.generate import resolve_runner

@@ -62,6 +62,8 @@ def bench_runner(name: str, model, prompt: list[int], args, bandwidth: float) ->
     runner = make_runner(name, model)
     result = {"runner": name, "prompt_tokens": len(prompt), "output_tokens": args.output_tokens}
     result.update(time_decode(runner, prompt, args.output_tokens, args.repeats))
+    if getattr(args, "verify_cost", 0) and hasattr(runner, "verify_argmax"):
+        result["verify_cost"] = verify_cost(runner, args.verify_cost)
     elem = model.model.embed_tokens.weight.element_size()
     weights = weight_bytes_per_token(model.config, elem)
     kv = kv_bytes_per_token(model.config, len(prompt) + args.output_tokens / 2, elem)
@@ -71,6 +73,14 @@ def bench_runner(name: str, model, prompt: list[int], args, bandwidth: float) ->
                    "pct_of_ceiling": 100 * (weights + kv) / (result["ms_per_token"] / 1e3) / bandwidth})
     del runner
     return result
+
+
+def verify_cost(runner, max_rows: int) -> list[float]:
+    """Seconds to verify m = 1..max_rows tokens in one step, in plain decode steps (speculation pays
+    when the accepted tokens per step exceed this)."""
+    from sonic.spec.adaptive import step_time, verify_times
+    plain = step_time(runner)
+    return [t / plain for _, t in sorted(verify_times(runner, max_rows).items())]
 
 
 def git_commit() -> str:
@@ -134,6 +144,10 @@ def format_table(report: dict) -> str:
         lines.append(f"{r['runner']:<8}{r['decode_tok_s']:>9.1f}{r['ms_per_token']:>9.3f}{r['ttft_ms']:>9.1f}"
                      f"{r['itl_p50_ms']:>9.3f}{r['itl_p99_ms']:>9.3f}{r['bytes_per_token'] / 1e6:>9.1f}"
                      f"{r['ceiling_tok_s']:>9.0f}{r['pct_of_ceiling']:>7.1f}%")
+    for r in report["results"]:
+        if r.get("verify_cost"):
+            cost = " ".join(f"{c:.2f}" for c in r["verify_cost"])
+            lines.append(f"{r['runner']}: verifying 1..{len(r['verify_cost'])} tokens costs {cost} plain steps")
     return "\n".join(lines)
 
 

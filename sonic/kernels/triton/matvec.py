@@ -4,8 +4,13 @@ out = [residual +] epilogue(rmsnorm?(x) @ w.T [+ bias]), where the epilogue is e
 stacked [gate; up] weight, silu(gate) * up. Rows of x or of the residual can be gathered from a table
 (the embedding: layer 0 needs no copy of it), and the LM head can leave per-tile argmax partials (greedy
 decoding needs no second pass over the logits). Each program owns BLOCK_N output rows and streams the whole
-K dimension of its weight rows once, so the kernel runs at the speed of reading w. The RMSNorm row
-statistics are recomputed by every program (x is a few KB and sits in L2) instead of costing a launch.
+K dimension of its weight rows once, so the kernel runs at the speed of reading w.
+
+Every query row is computed with the same arithmetic whatever M is: its RMSNorm statistics, its
+products with each [BLOCK_N, BLOCK_K] weight tile and their sum over the tile come from the same code
+on tensors of the same shape along K, and the K steps are added in order. So a row's output does not
+depend on the other rows, bit for bit, and speculative verification of M tokens gives exactly what M
+one-token steps give. Rows share each weight tile, so M rows cost one pass over w.
 No atomics and no split-K: a fixed shape always gives a fixed grid and bit-identical results.
 N and K are compile-time constants: a model has only a handful of weight shapes.
 """
@@ -20,70 +25,59 @@ import triton.language as tl
 from sonic.kernels.triton.pdl import launch_options, pdl_prologue
 
 _H100_SMS = 132
-_TILE_BYTES = 16384  # weight bytes loaded per program per K step (M > 1; the LM head at M = 1)
+_TILE_BYTES = 16384  # weight bytes per program per K step for the huge LM head (M = 1)
+MAX_ROWS = 16        # query rows per launch
 MAX_ARGMAX_TILES = 16384  # argmax partials per row the LM head may leave for the final reduction
+# M > 1: weight rows per program, as a multiple of the M = 1 tile, so that each query row's input is
+# prepared (loaded, normalised) once for more weight rows. Wider tiles never change the per-row sums.
+WIDE_ROWS = {1: 1, 2: 2, 4: 2, 8: 4, 16: 4}
+_MAX_WIDE_BYTES = 16384  # weight bytes per program per K step when widened (registers)
 
 
 @dataclass(frozen=True)
 class MatvecConfig:
-    block_m: int     # 1: elementwise product + row sums; 16: tl.dot with the rows padded to 16
-    block_n: int
-    block_k: int
+    block_n: int     # weight rows (output columns) per tile
+    block_k: int     # K step: with num_warps, fixes the order of every row's sums
     num_warps: int = 4
-    num_stages: int = 3
+    num_stages: int = 1
     group: int = 1   # consecutive BLOCK_N tiles per program, sharing the RMSNorm statistics
+
+
+def block_rows(m: int) -> int:
+    """Query rows one program holds: the next power of two (rows past M are skipped)."""
+    return triton.next_power_of_2(m)
 
 
 def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, norm: bool = False,
                   elem_bytes: int = 2, argmax: bool = False) -> MatvecConfig:
-    """Block sizes for M rows, N output columns (I for silu_mul) and K inputs (timed on an H100 with
-    scripts/tune_matvec.py).
+    """Block sizes for M rows, N output columns (I for silu_mul) and K inputs (M = 1 timed on an H100
+    with scripts/tune_matvec.py).
 
-    M == 1: each program streams whole rows, K in steps of up to 2048, with about 8 KB of weights per
-    step (16 KB for the huge LM head): small tiles give many programs per SM to hide latency.
-    With `argmax` (the LM head), tiles stay wide enough that the per-tile partials are few.
-    M > 1: every program re-reads all M rows of x from L2, so fewer, wider programs with a deep
-    pipeline beat many narrow ones: 32 rows (64 once that still gives two programs per SM) of 16 KB
-    tiles, four stages deep, even where that leaves some SMs idle.
-    With norm and M > 1, a program takes several tiles where there are many, so that the x re-reads
-    for the statistics stay small next to the weight bytes."""
-    if M == 1:
-        tiles = 2 if silu_mul else 1
-        block_k = min(triton.next_power_of_2(K), 2048)
-        budget = _TILE_BYTES if N >= 32768 else _TILE_BYTES // 2
-        block_n = 1
-        while block_n * 2 * min(K, block_k) * elem_bytes * tiles <= budget:
-            block_n *= 2
-        if argmax:
-            block_n = max(block_n, triton.next_power_of_2(triton.cdiv(N, MAX_ARGMAX_TILES)))
-        return MatvecConfig(1, block_n, block_k, 8 if K >= 8192 or block_n * block_k >= 16384 else 4, 1)
-    block_n = 64 if triton.cdiv(N, 64) >= 2 * _H100_SMS else 32
-    block_k = max(16, min(_TILE_BYTES // (elem_bytes * block_n), triton.next_power_of_2(K)))
-    # Never more programs than fit at once (two per SM): a partial second wave costs more than it hides.
-    group = min(triton.cdiv(triton.cdiv(N, block_n), 2 * _H100_SMS), 16) if norm else 1
-    return MatvecConfig(16, block_n, block_k, 4, 4, group)
+    Each program streams whole rows, K in steps of up to 2048, with about 8 KB of weights per step
+    (16 KB for the huge LM head): small tiles give many programs per SM to hide latency. With `argmax`
+    (the LM head), tiles stay wide enough that the per-tile partials are few.
+    BLOCK_K and the warps depend on N and K only, never on M: they fix each row's summation order.
+    M > 1 widens the tile (WIDE_ROWS) while the grid still fills the GPU twice over."""
+    del norm  # the statistics cost the same per row whatever the tile
+    tiles = 2 if silu_mul else 1
+    block_k = min(triton.next_power_of_2(K), 2048)
+    budget = _TILE_BYTES if N >= 32768 else _TILE_BYTES // 2
+    block_n = 1
+    while block_n * 2 * min(K, block_k) * elem_bytes * tiles <= budget:
+        block_n *= 2
+    if argmax:
+        block_n = max(block_n, triton.next_power_of_2(triton.cdiv(N, MAX_ARGMAX_TILES)))
+    num_warps = 8 if K >= 8192 or block_n * block_k >= 16384 else 4
+    wide = WIDE_ROWS[block_rows(M)]
+    while wide > 1 and (triton.cdiv(N, block_n * wide) < 2 * _H100_SMS
+                        or block_n * wide * min(K, block_k) * elem_bytes * tiles > _MAX_WIDE_BYTES):
+        wide //= 2
+    return MatvecConfig(block_n * wide, block_k, num_warps, 1)
 
 
 def num_tiles(N: int, cfg: MatvecConfig) -> int:
     """Output tiles of BLOCK_N columns: one argmax partial each."""
     return triton.cdiv(N, cfg.block_n)
-
-
-@triton.jit
-def _load_x(x_ptr, x_off, in_m, kk, in_k, rstd, nw_ptr, x_raw, W_DTYPE: tl.constexpr, HAS_NORM: tl.constexpr,
-            X_RAW: tl.constexpr):
-    """One [BLOCK_M, BLOCK_K] chunk of the (normalised) input, in the weight's dtype. With X_RAW the
-    chunk is `x_raw`, already loaded for the norm statistics (all of K fits one chunk)."""
-    if X_RAW:
-        xv = x_raw
-    else:
-        xv = tl.load(x_ptr + x_off[:, None] + kk[None, :], mask=in_m[:, None] & in_k[None, :], other=0.0)
-    if HAS_NORM:
-        # Same roundings as the reference RMSNorm: normalise in fp32, round, scale, round.
-        h = (xv.to(tl.float32) * rstd[:, None]).to(W_DTYPE).to(tl.float32)
-        nw = tl.load(nw_ptr + kk, mask=in_k, other=0.0).to(tl.float32)
-        return (nw[None, :] * h).to(W_DTYPE)
-    return xv.to(W_DTYPE)
 
 
 @triton.jit
@@ -112,29 +106,53 @@ def _load_w(g_ptrs, u_ptrs, k0, K: tl.constexpr, BLOCK_K: tl.constexpr, SILU_MUL
 
 
 @triton.jit
-def _accumulate(acc_g, acc_u, wg, wu, x_ptr, x_off, in_m, k0, rstd, nw_ptr, x_raw, K: tl.constexpr,
-                HAS_NORM: tl.constexpr, X_RAW: tl.constexpr, SILU_MUL: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    kk = k0 + tl.arange(0, BLOCK_K)
-    xn = _load_x(x_ptr, x_off, in_m, kk, kk < K, rstd, nw_ptr, x_raw, wg.dtype, HAS_NORM, X_RAW)
-    if BLOCK_M == 1:
-        xf = xn.to(tl.float32)
-        acc_g += wg.to(tl.float32) * xf
-        if SILU_MUL:
-            acc_u += wu.to(tl.float32) * xf
-    else:
-        acc_g = tl.dot(xn, tl.trans(wg), acc_g, input_precision=PRECISION)
-        if SILU_MUL:
-            acc_u = tl.dot(xn, tl.trans(wu), acc_u, input_precision=PRECISION)
+def _pick(vec, rows, m):
+    """Element m of a small per-row vector, exactly (one term, the rest zeros)."""
+    return tl.sum(tl.where(rows == m, vec, 0), 0)
+
+
+@triton.jit
+def _row_rstd(x_ptr, x_off, eps, K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """1 / RMS of one row of x, summed in [1, BLOCK_K] chunks whatever M is."""
+    ss = tl.zeros([1, BLOCK_K], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)[None, :]
+        xv = tl.load(x_ptr + x_off + kk, mask=kk < K, other=0.0).to(tl.float32)
+        ss += xv * xv
+    return tl.sum(tl.rsqrt(tl.sum(ss, 1) / K + eps), 0)
+
+
+@triton.jit
+def _accumulate(acc_g, acc_u, wg, wu, x_ptr, x_offs, rstds, rows, M, k0, nw_ptr, K: tl.constexpr,
+                HAS_NORM: tl.constexpr, SILU_MUL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc[m, :] += this K step's sums for every query row m, one row at a time against the same tile."""
+    kk = k0 + tl.arange(0, BLOCK_K)[None, :]
+    in_k = kk < K
+    if HAS_NORM:
+        nw = tl.load(nw_ptr + kk, mask=in_k, other=0.0).to(tl.float32)
+    wgf = wg.to(tl.float32)
+    wuf = wu.to(tl.float32)
+    for m in tl.static_range(BLOCK_M):
+        if m < M:
+            xv = tl.load(x_ptr + _pick(x_offs, rows, m) + kk, mask=in_k, other=0.0)
+            if HAS_NORM:
+                # Same roundings as the reference RMSNorm: normalise in fp32, round, scale, round.
+                h = (xv.to(tl.float32) * _pick(rstds, rows, m)).to(wg.dtype).to(tl.float32)
+                xf = (nw * h).to(wg.dtype).to(tl.float32)
+            else:
+                xf = xv.to(wg.dtype).to(tl.float32)
+            sel = (rows == m)[:, None]
+            acc_g = tl.where(sel, acc_g + tl.sum(wgf * xf, 1)[None, :], acc_g)
+            if SILU_MUL:
+                acc_u = tl.where(sel, acc_u + tl.sum(wuf * xf, 1)[None, :], acc_u)
     return acc_g, acc_u
 
 
 @triton.jit
-def _tile(tile, wg0, wu0, x_raw, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr, rows, in_m,
-          x_off, r_off, rstd, stride_om, N: tl.constexpr, K: tl.constexpr, NUM_TILES: tl.constexpr,
-          HAS_NORM: tl.constexpr, X_RAW: tl.constexpr,
-          HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SILU_MUL: tl.constexpr, ARGMAX: tl.constexpr,
-          EVEN_K: tl.constexpr, PRECISION: tl.constexpr, PRELOADED: tl.constexpr,
+def _tile(tile, wg0, wu0, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr, rows, in_m,
+          x_offs, r_off, rstds, M, stride_om, N: tl.constexpr, K: tl.constexpr, NUM_TILES: tl.constexpr,
+          HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SILU_MUL: tl.constexpr,
+          ARGMAX: tl.constexpr, EVEN_K: tl.constexpr, PRELOADED: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Output rows tile*BLOCK_N ... (+BLOCK_N) for every query row. With PRELOADED, (wg0, wu0) are this
     tile's first K step of weights, loaded before the wait for the previous kernel."""
@@ -142,35 +160,24 @@ def _tile(tile, wg0, wu0, x_raw, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_pt
     in_n = n < N
     n_ld = tl.minimum(n, N - 1).to(tl.int64)
     g_ptrs, u_ptrs = _weight_ptrs(tile, w_ptr, N, K, BLOCK_N, BLOCK_K)
-    if BLOCK_M == 1:
-        acc_g = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        acc_u = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    else:
-        acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     K_START: tl.constexpr = BLOCK_K if PRELOADED else 0
     if PRELOADED:
-        acc_g, acc_u = _accumulate(acc_g, acc_u, wg0, wu0, x_ptr, x_off, in_m, 0, rstd, nw_ptr, x_raw, K,
-                                   HAS_NORM, X_RAW, SILU_MUL, PRECISION, BLOCK_M, BLOCK_K)
+        acc_g, acc_u = _accumulate(acc_g, acc_u, wg0, wu0, x_ptr, x_offs, rstds, rows, M, 0, nw_ptr, K,
+                                   HAS_NORM, SILU_MUL, BLOCK_M, BLOCK_K)
     for k0 in range(K_START, K, BLOCK_K):
-        # The weight loads go first: they are the only HBM traffic, the rest hits L2.
+        # The weight loads go first: they are the only HBM traffic, the rest hits L1/L2.
         wg, wu = _load_w(g_ptrs, u_ptrs, k0, K, BLOCK_K, SILU_MUL, EVEN_K)
-        acc_g, acc_u = _accumulate(acc_g, acc_u, wg, wu, x_ptr, x_off, in_m, k0, rstd, nw_ptr, x_raw, K,
-                                   HAS_NORM, X_RAW, SILU_MUL, PRECISION, BLOCK_M, BLOCK_K)
-
-    if BLOCK_M == 1:
-        y = tl.sum(acc_g, 1)[None, :]
-        if SILU_MUL:
-            up = tl.sum(acc_u, 1)[None, :]
-    else:
-        y = acc_g
-        if SILU_MUL:
-            up = acc_u
+        acc_g, acc_u = _accumulate(acc_g, acc_u, wg, wu, x_ptr, x_offs, rstds, rows, M, k0, nw_ptr, K,
+                                   HAS_NORM, SILU_MUL, BLOCK_M, BLOCK_K)
+    y = acc_g
     if HAS_BIAS:
         y += tl.load(bias_ptr + n_ld).to(tl.float32)[None, :]
-        if SILU_MUL:
-            up += tl.load(bias_ptr + N + n_ld).to(tl.float32)[None, :]
     if SILU_MUL:
+        up = acc_u
+        if HAS_BIAS:
+            up += tl.load(bias_ptr + N + n_ld).to(tl.float32)[None, :]
         y = y / (1.0 + tl.exp(-y)) * up
     mask = in_m[:, None] & in_n[None, :]
     if HAS_RES:
@@ -191,9 +198,8 @@ def _matvec_kernel(x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, xidx_ptr, p
                    M, stride_xm, stride_rm, stride_om, eps, N: tl.constexpr, K: tl.constexpr,
                    HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                    X_GATHER: tl.constexpr, RES_GATHER: tl.constexpr, SILU_MUL: tl.constexpr, ARGMAX: tl.constexpr,
-                   EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
-                   USE_PDL: tl.constexpr = False):
+                   EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   GROUP: tl.constexpr, USE_PDL: tl.constexpr = False):
     # Weights never change, so a one-tile program loads its first K step before waiting for the
     # previous kernel: the HBM latency overlaps that kernel's tail instead of following it.
     PRELOAD: tl.constexpr = GROUP == 1
@@ -207,43 +213,30 @@ def _matvec_kernel(x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, xidx_ptr, p
     in_m = rows < M
     # Gathered rows (the embedding of this step's tokens) are read where they sit, with no copy.
     if X_GATHER:
-        x_off = tl.load(xidx_ptr + rows, mask=in_m, other=0).to(tl.int64) * stride_xm
+        x_offs = tl.load(xidx_ptr + rows, mask=in_m, other=0).to(tl.int64) * stride_xm
     else:
-        x_off = rows.to(tl.int64) * stride_xm
+        x_offs = rows.to(tl.int64) * stride_xm
     if RES_GATHER:
         r_off = tl.load(xidx_ptr + rows, mask=in_m, other=0).to(tl.int64) * stride_rm
     else:
         r_off = rows.to(tl.int64) * stride_rm
-    rstd = tl.zeros([BLOCK_M], tl.float32)
-    # When K fits one chunk, the chunk loaded for the statistics is the one the product uses.
-    X_RAW: tl.constexpr = HAS_NORM and K <= BLOCK_K
-    x_raw = 0.0
-    if X_RAW:
-        kk = tl.arange(0, BLOCK_K)
-        x_raw = tl.load(x_ptr + x_off[:, None] + kk[None, :], mask=in_m[:, None] & (kk < K)[None, :], other=0.0)
-        xf = x_raw.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(xf * xf, 1) / K + eps)
-    elif HAS_NORM:
-        # Each step of this loop waits a full L2 round trip before the weight stream starts.
-        ss = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 + tl.arange(0, BLOCK_K)
-            xv = tl.load(x_ptr + x_off[:, None] + kk[None, :],
-                         mask=in_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
-            ss += xv * xv
-        rstd = tl.rsqrt(tl.sum(ss, 1) / K + eps)
+    rstds = tl.zeros([BLOCK_M], tl.float32)
+    if HAS_NORM:
+        for m in tl.static_range(BLOCK_M):
+            if m < M:
+                rstds = tl.where(rows == m, _row_rstd(x_ptr, _pick(x_offs, rows, m), eps, K, BLOCK_K), rstds)
     if PRELOAD:
-        _tile(tl.program_id(0), wg0, wu0, x_raw, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr,
-              rows, in_m, x_off, r_off, rstd, stride_om, N, K, tl.cdiv(N, BLOCK_N), HAS_NORM, X_RAW, HAS_BIAS,
-              HAS_RES, SILU_MUL, ARGMAX, EVEN_K, PRECISION, True, BLOCK_M, BLOCK_N, BLOCK_K)
+        _tile(tl.program_id(0), wg0, wu0, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr,
+              rows, in_m, x_offs, r_off, rstds, M, stride_om, N, K, tl.cdiv(N, BLOCK_N), HAS_NORM, HAS_BIAS,
+              HAS_RES, SILU_MUL, ARGMAX, EVEN_K, True, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         # GROUP consecutive tiles share one pass over x for the statistics.
         for t in range(GROUP):
             tile = tl.program_id(0) * GROUP + t
             if tile < tl.cdiv(N, BLOCK_N):
-                _tile(tile, wg0, wu0, x_raw, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr,
-                      rows, in_m, x_off, r_off, rstd, stride_om, N, K, tl.cdiv(N, BLOCK_N), HAS_NORM, X_RAW,
-                      HAS_BIAS, HAS_RES, SILU_MUL, ARGMAX, EVEN_K, PRECISION, False, BLOCK_M, BLOCK_N, BLOCK_K)
+                _tile(tile, wg0, wu0, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr,
+                      rows, in_m, x_offs, r_off, rstds, M, stride_om, N, K, tl.cdiv(N, BLOCK_N), HAS_NORM,
+                      HAS_BIAS, HAS_RES, SILU_MUL, ARGMAX, EVEN_K, False, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 def _check(x, w, out, norm_weight, bias, residual, silu_mul, index, x_gather, argmax_partials):
@@ -251,7 +244,7 @@ def _check(x, w, out, norm_weight, bias, residual, silu_mul, index, x_gather, ar
     k = x.shape[1]
     n_w = w.shape[0]
     n = n_w // 2 if silu_mul else n_w
-    if not 1 <= m <= 16 or w.shape[1] != k or (silu_mul and n_w % 2):
+    if not 1 <= m <= MAX_ROWS or w.shape[1] != k or (silu_mul and n_w % 2):
         raise ValueError(f"bad shapes: x {tuple(x.shape)}, w {tuple(w.shape)}")
     if out.shape != (m, n) or out.stride(1) != 1 or x.stride(1) != 1 or not w.is_contiguous():
         raise ValueError(f"out must be [{m}, {n}] and x, w, out contiguous along K/N, got out {tuple(out.shape)}")
@@ -306,8 +299,7 @@ def fused_matvec(x, w, out, *, norm_weight=None, eps=1e-6, bias=None, residual=N
         HAS_NORM=norm_weight is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
         X_GATHER=x_gather, RES_GATHER=index is not None and not x_gather, SILU_MUL=silu_mul,
         ARGMAX=argmax_partials is not None, EVEN_K=k % cfg.block_k == 0,
-        PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=cfg.group,
+        BLOCK_M=block_rows(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=cfg.group,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(w))
     return out
 
