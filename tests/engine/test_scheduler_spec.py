@@ -43,7 +43,9 @@ def prompt(plain):
 
 
 def run(engine, ids, max_tokens=MAX_TOKENS, speculate=True, **options):
-    runner = BatchRunner(engine.runner.model, 1, engine.config.max_position_embeddings)
+    from sonic.engine.graph_slot import make_batch_runner
+    # As `sonic serve` sets it up: the fused path's slot for a graph runner, else the reference batch.
+    runner = make_batch_runner(engine.runner, 1, engine.config.max_position_embeddings)
     scheduler = Scheduler(runner, engine.tokenizer, engine.eos_ids,
                           speculator=engine.speculator if speculate else None)
     events = []
@@ -165,3 +167,17 @@ def test_fused_path_speculation_matches_plain(tok):
         results.append(events)
     assert tokens(results[1]) == tokens(results[0])
     assert results[1][-1].stats.spec.drafted > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["ngram", "auto"])
+def test_gpu_fused_path_speculation_matches_plain(retracing_model_dir, mode):
+    plain = Engine.load(str(retracing_model_dir), device="cuda")
+    engine = Engine.load(str(retracing_model_dir), device="cuda", spec=SpecConfig(mode, 8))
+    assert engine.runner.name == "graph"
+    prompt = retracing_prompt(plain)
+    want = run(plain, prompt, speculate=False)
+    got = run(engine, prompt)
+    assert tokens(got) == tokens(want)
+    if mode == "ngram":
+        assert got[-1].stats.spec.accepted > 0
