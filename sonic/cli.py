@@ -75,6 +75,7 @@ def build_parser() -> ArgumentParser:
     add_model_args(serve)
     from sonic.server.cli import add_serve_args  # flags only: the server itself loads on use
     add_serve_args(serve)
+    add_spec_args(serve)
 
     bench = sub.add_parser("bench", help="decode speed per request against the bandwidth ceiling")
     src = bench.add_mutually_exclusive_group()
@@ -123,8 +124,7 @@ def spec_from_args(args):
 
 def load_engine(args):
     from sonic.engine.generate import Engine
-    # `serve` decodes through its own scheduler and takes no speculation flags (yet).
-    spec = spec_from_args(args) if hasattr(args, "speculative") else None  # validated before the slow load
+    spec = spec_from_args(args)  # validated before the slow load
     return Engine.load(args.model, device=args.device, dtype=args.dtype, runner=args.runner, spec=spec)
 
 

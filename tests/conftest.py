@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from sonic.config import ModelConfig, RopeScaling
+from sonic.engine.sampling import SamplingParams
 
 sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers such as tiny_gguf
 
@@ -91,14 +92,16 @@ def _deterministic():
     torch.manual_seed(0)
 
 
-def save_tiny_model(folder, tok, config: ModelConfig, seed: int):
-    """A random model of `config` with the default model's tokenizer and chat template, as an HF folder."""
+def save_tiny_model(folder, tok, config: ModelConfig, seed: int, state_dict=None):
+    """A random model of `config` (or these weights) with the default model's tokenizer and chat
+    template, as an HF folder."""
     import json
 
     from sonic.weights.random import random_state_dict
     from sonic.weights.safetensors import save_hf_folder
 
-    folder = save_hf_folder(config, random_state_dict(config, seed=seed), folder)
+    state = state_dict if state_dict is not None else random_state_dict(config, seed=seed)
+    folder = save_hf_folder(config, state, folder)
     tok.backend.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": tok.chat_template, "eos_token": "<|im_end|>", "add_bos_token": False}))
@@ -112,6 +115,27 @@ def tiny_model_dir(tmp_path_factory, tok):
     config = ModelConfig("llama", tok.vocab_size, 32, 64, 1, 2, 1, 16, max_position_embeddings=64,
                          bos_token_id=1, eos_token_ids=(2,), name="tiny")
     return save_tiny_model(tmp_path_factory.mktemp("tiny"), tok, config, seed=5)
+
+
+RETRACING_START = 504  # a token from which the retracing model's greedy path runs long before it strays
+
+
+@pytest.fixture(scope="session")
+def retracing_model_dir(tmp_path_factory, tok):
+    """The tiny chat model's shape with its attention outputs scaled to a tenth: nearly a Markov chain,
+    so after a prompt that holds the path greedy decoding takes from a token, prompt lookup's drafts
+    are mostly right; attention still steers the answer off that path, so some are rejected."""
+    from sonic.weights.random import random_state_dict
+    config = ModelConfig("llama", tok.vocab_size, 64, 128, 2, 4, 2, 16, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_ids=(2,), name="tiny-retracing")
+    state = {k: v * 0.1 if "o_proj" in k else v for k, v in random_state_dict(config, seed=6).items()}
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_retracing"), tok, config, seed=6, state_dict=state)
+
+
+def retracing_prompt(engine, length: int = 40, start: int = RETRACING_START) -> list[int]:
+    """Token ids: `start`, the greedy path from it, and `start` again, so the answer retraces the prompt."""
+    path = list(engine.generate_ids([start], length, SamplingParams()))
+    return [start] + path + [start]
 
 
 @pytest.fixture(scope="session")

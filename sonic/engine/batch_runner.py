@@ -81,6 +81,28 @@ class BatchRunner:
             s.length += 1
         return logits[:, -1]
 
+    # ---- speculative verification, for a sequence decoding alone ----
+    def verify(self, slot: Slot, tokens: list[int]) -> torch.Tensor:
+        """Logits [len(tokens), V] of `tokens` after what the slot holds, writing their K/V.
+
+        Each row runs as the one-token step `decode` runs for a lone sequence (a batched pass would
+        pick other CPU matmul kernels and differ in the last bits), so greedy speculation keeps the
+        tokens of plain decoding exactly."""
+        self._fit(slot.length + len(tokens))
+        rows = []
+        for t in tokens:
+            x = torch.tensor([t], dtype=torch.long, device=self.device).view(-1, 1)
+            rows.append(self.model(x, slot.length, self._rows(slot.row, 1))[0, -1])
+            slot.length += 1
+        return torch.stack(rows)
+
+    def verify_argmax(self, slot: Slot, tokens: list[int]) -> list[int]:
+        return self.verify(slot, tokens).argmax(dim=-1).tolist()
+
+    def rewind(self, slot: Slot, length: int):
+        """Keep the slot's first `length` positions; rejected drafts past them are overwritten later."""
+        slot.length = min(slot.length, length)
+
     def release(self, slot: Slot):
         """Free a slot (finished, aborted or failed) and keep the rows packed."""
         if slot is self.filling:

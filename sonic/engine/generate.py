@@ -82,9 +82,8 @@ class Engine:
 
         device = resolve_device(device)
         if spec is not None and spec.draft_model:
-            from sonic.spec.draft import check_vocab, model_config
-            # A draft that cannot work with this model fails before the slow loads.
-            check_vocab(spec.draft_model, model_config(spec.draft_model), model_config(model))
+            from sonic.spec.draft import check_draft
+            check_draft(spec.draft_model, model)  # before the slow loads
         ecfg = EngineConfig(device=device, dtype=resolve_dtype(dtype, device),
                             runner=resolve_runner(runner, device))
         loaded = load_weights(model, ecfg.torch_dtype, device)

@@ -32,6 +32,21 @@ class GraphSlotRunner(BatchRunner):
         slot.length += 1
         return logits.clone()
 
+    def verify(self, slot, tokens: list[int]) -> torch.Tensor:
+        """Logits [m, V] of `tokens` after the slot in one fused step (the graph runner's verify graphs,
+        on the same cache)."""
+        self._fit(slot.length + len(tokens))
+        logits = self.runner.verify(tokens, slot.length)
+        slot.length += len(tokens)
+        return logits
+
+    def verify_argmax(self, slot, tokens: list[int]) -> list[int]:
+        """The greedy choice after each of `tokens`, picked in the LM head's epilogue on the GPU."""
+        self._fit(slot.length + len(tokens))
+        ids = self.runner.verify_argmax(tokens, slot.length)
+        slot.length += len(tokens)
+        return ids
+
     def _step(self) -> torch.Tensor:
         """Logits [1, V] of the fused forward; eager off CUDA (the Triton interpreter in CPU tests)."""
         if self.device.type != "cuda":

@@ -8,6 +8,10 @@ delays a running stream by one chunk per token at most, never by its whole prefi
 
 Each sequence samples with its own seeded generator, so a seed gives the same text whatever else
 runs; see batch_runner.py for how rows are batched and why greedy tokens match batch-1 decoding.
+
+With a speculator (`sonic serve --speculative`), the runner holds one sequence at a time and each
+decode step of a request without logprobs is a speculative step (spec_slot.py): several tokens
+verified in one step, emitted one by one.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from sonic.engine.batch_runner import BatchRunner
 from sonic.engine.generate import GenerationStats
 from sonic.engine.requests import Delta, Failed, Finished, PromptLogprobs, Request, logprobs_of
 from sonic.engine.sampling import sample
+from sonic.engine.spec_slot import SpecSession
+from sonic.spec.loop import SpecStats
 from sonic.text_stream import TextStream
 
 log = logging.getLogger("sonic.scheduler")
@@ -43,13 +49,19 @@ class Sequence:
         self.next_token: int | None = None
         self.prompt_logprobs: list = [None]
         self.ended = False
+        self.spec: SpecSession | None = None
 
 
 class Scheduler:
     def __init__(self, runner: BatchRunner, tokenizer, eos_ids, *, queue_timeout: float = 60.0,
                  prefill_chunk: int = PREFILL_CHUNK,
-                 on_finish: Callable[[Request, GenerationStats, str], None] | None = None):
+                 on_finish: Callable[[Request, GenerationStats, str], None] | None = None,
+                 speculator=None):
+        if speculator is not None and runner.max_batch != 1:
+            # The proposer (a draft model's cache, the n-gram index) follows one sequence.
+            raise ValueError("speculative decoding in the scheduler needs a runner of one sequence")
         self.runner, self.tokenizer, self.eos_ids = runner, tokenizer, frozenset(eos_ids)
+        self.speculator = speculator  # a sonic.spec.speculator.Speculator, or None
         self.queue_timeout, self.prefill_chunk, self.on_finish = queue_timeout, prefill_chunk, on_finish
         self._inbox: deque[Request] = deque()
         self._wake = threading.Condition()
@@ -165,19 +177,43 @@ class Scheduler:
             _send(req, PromptLogprobs(seq.prompt_logprobs))
         if req.max_tokens == 0:
             self._finish(seq, "length")
-        else:
-            self._accept(seq, logits[-1])
+            return
+        speculate = self.speculator is not None and req.logprobs is None
+        if speculate:
+            seq.stats.spec = SpecStats()
+        self._accept(seq, logits[-1])
+        if speculate and not seq.ended:
+            # After the first token is out, so a draft model's prefill never delays it.
+            seq.spec = SpecSession(self.speculator, req.prompt_ids, seq.next_token, req.max_tokens,
+                                   seq.stats.spec)
 
     def _decode(self):
         seqs = [s.owner for s in self.runner.decoding]
+        if len(seqs) == 1 and seqs[0].spec is not None:
+            return self._guarded(seqs, self._spec_step, seqs[0])
         logits = self.runner.decode([s.next_token for s in seqs])
         for seq, row in zip(seqs, logits):
             self._guarded([seq], self._accept, seq, row)
 
+    def _spec_step(self, seq: Sequence):
+        req = seq.request
+        tokens = seq.spec.step(self.runner, seq.slot, req.max_tokens - seq.stats.output_tokens,
+                               req.sampling, seq.generator)
+        if tokens is None:
+            return self._accept(seq, self.runner.decode([seq.next_token])[0])
+        for token in tokens:
+            self._emit(seq, token)
+            if seq.ended:
+                return
+
     def _accept(self, seq: Sequence, logits):
         """Sample the next token from logits [V]; emit it, or end the sequence."""
+        token = int(sample(logits[None], seq.request.sampling, seq.generator)[0])
+        self._emit(seq, token, logits)
+
+    def _emit(self, seq: Sequence, token: int, logits=None):
+        """Send one chosen token (its logits [V] give logprobs), or end the sequence on it."""
         req, stats = seq.request, seq.stats
-        token = int(sample(logits[None], req.sampling, seq.generator)[0])
         now = time.perf_counter()
         if not stats.token_times:
             stats.ttft_s = now - req.arrival
@@ -188,8 +224,10 @@ class Scheduler:
         stats.output_tokens += 1
         stats.token_ids.append(token)
         lp = logprobs_of(logits[None], [token], req.logprobs)[0] if req.logprobs is not None else None
+        if seq.spec is not None:
+            seq.spec.context.append(token)
         # The figures as of this token (not the live object, which the engine keeps changing).
-        now_stats = replace(stats, token_ids=[], token_times=[])
+        now_stats = replace(stats, token_ids=[], token_times=[], spec=stats.spec and replace(stats.spec))
         _send(req, Delta(seq.text.add(token), token, lp, now_stats))
         if seq.text.stopped:
             self._finish(seq, "stop")

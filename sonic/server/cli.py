@@ -10,14 +10,17 @@ import sys
 
 from sonic.errors import SonicError
 
+DEFAULT_CONCURRENCY = 8
+
 
 def add_serve_args(p: argparse.ArgumentParser):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--max-model-len", type=int, default=None, metavar="N",
                    help="longest prompt + output in tokens (default: the model's context length)")
-    p.add_argument("--max-concurrency", type=int, default=8, metavar="N",
-                   help="requests decoding together; more wait in a queue (default: 8)")
+    p.add_argument("--max-concurrency", type=int, default=None, metavar="N",
+                   help=f"requests decoding together; more wait in a queue (default: {DEFAULT_CONCURRENCY}, "
+                        "or 1 with --speculative)")
     p.add_argument("--api-key", default=os.environ.get("SONIC_API_KEY"), metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $SONIC_API_KEY, or none)")
     p.add_argument("--queue-timeout", type=float, default=60.0, metavar="S",
@@ -43,6 +46,18 @@ def settings_from_args(args):
                          max_concurrency=args.max_concurrency, api_key=args.api_key or None,
                          queue_timeout=args.queue_timeout, shutdown_timeout=args.shutdown_timeout,
                          served_model_name=args.served_model_name)
+
+
+def check_speculation(args):
+    """Speculation decodes one request at a time: it sets the default concurrency to 1, and refuses more."""
+    from sonic.cli import spec_from_args
+    spec = spec_from_args(args)  # the flag checks `sonic generate` makes
+    if args.max_concurrency is None:
+        args.max_concurrency = 1 if spec.on else DEFAULT_CONCURRENCY
+    elif spec.on and args.max_concurrency > 1:
+        raise SonicError(f"--speculative {spec.mode} decodes one request at a time: use --max-concurrency 1 "
+                         f"(others wait in the queue), or drop --speculative to batch {args.max_concurrency}")
+    return spec
 
 
 def serve_runner(args) -> str:
@@ -78,8 +93,12 @@ def serve(args) -> int:
     from sonic.server.state import ServerState
     from sonic.weights.loader import resolve_model_path
 
+    spec = check_speculation(args)
     settings = settings_from_args(args)
     resolve_model_path(args.model)  # a wrong path fails now, not in the background load
+    if spec.draft_model:
+        from sonic.spec.draft import check_draft
+        check_draft(spec.draft_model, args.model)
     args.runner = serve_runner(args)
     sock = bind(settings.host, settings.port)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")

@@ -1,4 +1,5 @@
-"""Prometheus metrics: latency histograms, token counters, and the scheduler's running/waiting gauges."""
+"""Prometheus metrics: latency histograms, token counters, the scheduler's running/waiting gauges, and
+speculative decoding counters (zero while speculation is off)."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,7 +23,10 @@ class Metrics:
         self.waiting = self._make(Gauge, "sonic_num_requests_waiting", "Requests queued for a slot")
         self.requests = Counter("sonic_requests", "Requests ended, by reason (stop, length, abort, timeout, "
                                 "error)", ["model_name", "finish_reason"], registry=self.registry)
-        self._spec = None
+        self.spec_drafted = self._make(Counter, "sonic_spec_draft_tokens", "Draft tokens sent to verification")
+        self.spec_accepted = self._make(Counter, "sonic_spec_accepted_tokens", "Draft tokens the model kept")
+        self.spec_steps = self._make(Counter, "sonic_spec_verification_steps",
+                                     "Verification steps with at least one draft token")
 
     def _make(self, kind, name: str, doc: str):
         extra = {"buckets": LATENCY_BUCKETS} if kind is Histogram else {}
@@ -39,23 +43,16 @@ class Metrics:
         if reason in ("stop", "length") or stats.token_times:  # the prompt was run
             self.prompt_tokens.inc(stats.prompt_tokens)
         self.generation_tokens.inc(stats.output_tokens)
+        if stats.spec is not None:
+            self.spec_drafted.inc(stats.spec.drafted)
+            self.spec_accepted.inc(stats.spec.accepted)
+            self.spec_steps.inc(stats.spec.steps)
         if not stats.token_times:
             return
         self.ttft.observe(stats.ttft_s)
         self.e2e.observe(stats.token_times[-1] - request.arrival)
         for a, b in zip(stats.token_times, stats.token_times[1:]):
             self.itl.observe(b - a)
-        drafted = getattr(stats, "draft_tokens", 0)
-        if drafted:
-            self.speculation(drafted, getattr(stats, "accepted_tokens", 0))
-
-    def speculation(self, drafted: int, accepted: int):
-        """Speculative decoding counters, created the first time a runner reports drafts."""
-        if self._spec is None:
-            self._spec = (self._make(Counter, "sonic_spec_decode_draft_tokens", "Tokens proposed"),
-                          self._make(Counter, "sonic_spec_decode_accepted_tokens", "Proposals accepted"))
-        self._spec[0].inc(drafted)
-        self._spec[1].inc(accepted)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,7 +1,8 @@
 """Response bodies and stream chunks of the OpenAI API, for chat and (legacy) completions.
 
-Every body and chunk carries `timings` (prompt and output tokens, TTFT, decode tok/s) so clients
-and the playground can show speed as it happens.
+Every body and chunk carries `timings` (prompt and output tokens, TTFT, decode tok/s, and the
+request's speculative decoding figures, zero when it did not speculate) so clients and the
+playground can show speed as it happens.
 """
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import uuid
 
 from sonic.engine.generate import GenerationStats
 from sonic.engine.requests import Delta, Finished, PromptLogprobs, TokenLogprob
+from sonic.spec.loop import SpecStats
 
 
 def timings(s: GenerationStats) -> dict:
+    spec = s.spec or SpecStats()
     return {"prompt_tokens": s.prompt_tokens, "output_tokens": s.output_tokens,
-            "ttft_ms": round(s.ttft_s * 1e3, 2), "decode_tok_s": round(s.decode_tok_s, 2)}
+            "ttft_ms": round(s.ttft_s * 1e3, 2), "decode_tok_s": round(s.decode_tok_s, 2),
+            "draft_tokens": spec.drafted, "accepted_tokens": spec.accepted, "verification_steps": spec.steps,
+            "mean_accepted_length": round(spec.mean_accepted, 3)}
 
 
 def usage(stats: GenerationStats) -> dict:

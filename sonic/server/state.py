@@ -61,12 +61,15 @@ class ServerState:
         runner = make_batch_runner(engine.runner, s.max_concurrency, self.context_length)
         self.context_length = runner.max_len
         self.scheduler = Scheduler(runner, tokenizer, engine.eos_ids, queue_timeout=s.queue_timeout,
-                                   prefill_chunk=s.prefill_chunk, on_finish=self.metrics.request_ended)
+                                   prefill_chunk=s.prefill_chunk, on_finish=self.metrics.request_ended,
+                                   speculator=engine.speculator)
         self.metrics.watch(self.scheduler)
         self.tokenizer, self.engine = tokenizer, engine
         self.scheduler.start()
-        log.info("serving %s (context %d, up to %d concurrent, %s decode path)", self.model_name,
-                 self.context_length, s.max_concurrency, type(runner).__name__)
+        spec = engine.speculator
+        log.info("serving %s (context %d, up to %d concurrent, %s decode path, speculative decoding %s)",
+                 self.model_name, self.context_length, s.max_concurrency, type(runner).__name__,
+                 f"with {spec.proposer.name}" if spec is not None else "off")
 
     def close(self):
         if self.scheduler is not None:

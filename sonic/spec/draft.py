@@ -98,6 +98,11 @@ def check_vocab(draft_path: str, draft_config, target_config):
                          f"the model has {target_config.vocab_size}: use a draft model with the same tokenizer")
 
 
+def check_draft(draft_path: str, model_path: str | None):
+    """A draft that cannot work with the model fails here, from the configs alone (before any load)."""
+    check_vocab(draft_path, model_config(draft_path), model_config(model_path))
+
+
 def load_draft(path: str, target_config, dtype: torch.dtype, device: str, runner_name: str) -> DraftProposer:
     """A draft model from a Hugging Face folder or GGUF file, checked against the target's vocabulary."""
     from sonic.engine.runners import make_runner
