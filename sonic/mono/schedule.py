@@ -1,17 +1,19 @@
 """Instructions to SMs: a cost-aware list schedule whose per-SM queues follow one global order.
 
-Instructions are taken in the program's global topological order; each goes to the SM on which it
-can start first (the SM's queue is free and its producers are done by the cost model). Every queue
+Instructions are taken in the program's global topological order; each goes to the SM on which the
+cost model says it finishes first. Every queue
 is therefore a subsequence of the global order, which makes the schedule deadlock-free whatever
 the real durations: the earliest unfinished instruction of the earliest epoch is at the head of its
 SM's queue and everything it waits on comes before it, so it can always run.
 
-Cost of an instruction = bytes it streams / per-SM bandwidth + a fixed cost per instruction.
+Cost of an instruction = bytes it streams / per-SM bandwidth + a fixed cost per instruction; the
+stream of an SM runs ahead of its waits (the ring of shared-memory pages is not modelled).
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
+
+import numpy as np
 
 from sonic.errors import SonicError
 from sonic.mono.instructions import Instruction, Op, Program
@@ -63,25 +65,21 @@ def producers_of(program: Program, ins: Instruction, lag: int = 0) -> list[int]:
 def list_schedule(program: Program, num_sms: int = H100_SMS, cost: CostModel = CostModel()) -> Schedule:
     if num_sms < 1:
         raise SonicError(f"invalid number of SMs {num_sms}: use a positive number (132 on an H100 or H200)")
+    # An SM's producer warp streams weights back to back, running ahead of its waits, so an
+    # instruction ends at max(its weights arrived, its inputs ready, the SM's previous one done) plus
+    # a fixed cost. Balancing that balances the bytes each SM streams, which is what bounds an epoch.
+    streamed = np.zeros(num_sms)
+    free = np.zeros(num_sms)
     finish: list[float] = []
-    free = [(0.0, sm) for sm in range(num_sms)]  # (time the SM's queue is free, SM): a min-heap
     queues: list[list[int]] = [[] for _ in range(num_sms)]
     for i, ins in enumerate(program.instructions):
         ready = max((finish[p] for p in producers_of(program, ins)), default=0.0)
-        # Any SM free by `ready` starts it at `ready`; take the one free the latest of those, so
-        # SMs free earlier stay open for work that is ready earlier. Else the earliest free SM.
-        idle = []
-        while free and free[0][0] <= ready:
-            idle.append(heapq.heappop(free))
-        if idle:
-            chosen = idle.pop()
-            for entry in idle:
-                heapq.heappush(free, entry)
-        else:
-            chosen = heapq.heappop(free)
-        start = max(chosen[0], ready)
-        end = start + cost.cost_us(program, ins)
-        finish.append(end)
-        queues[chosen[1]].append(i)
-        heapq.heappush(free, (end, chosen[1]))
+        arrived = streamed + cost.stream_bytes(program, ins) / cost.sm_bytes_per_us
+        end = np.maximum(np.maximum(arrived, free), ready) + cost.fixed_us
+        # Of the SMs that finish it first, the one that has streamed the least so far.
+        best = np.flatnonzero(end <= end.min() + 1e-9)
+        sm = int(best[np.argmin(streamed[best])])
+        streamed[sm], free[sm] = arrived[sm], end[sm]
+        finish.append(float(end[sm]))
+        queues[sm].append(i)
     return Schedule(num_sms, tuple(tuple(q) for q in queues), max(finish, default=0.0))

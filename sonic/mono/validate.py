@@ -131,14 +131,22 @@ def check_hazards(program: Program, epochs: int = 2) -> None:
             if a.write:  # an ordered write covers what it overwrites: later checks go through it
                 entries[:] = [(b, o) for b, o in entries if not (a.lo <= b.lo and b.hi <= a.hi) or o == node]
             entries.append((a, node))
+def check_signal_order(program: Program, epochs: int = 2) -> None:
+    """Each signal of a counter in epoch e+1 happens after all of its signals in epoch e."""
+    n = len(program.instructions)
+    anc = happens_before(program, epochs)
     for e in range(1, epochs):
         for c in range(len(program.counters)):
+            before = 0
+            for q in program.producers(c):
+                before |= 1 << ((e - 1) * n + q)
             for p in program.producers(c):
-                late = [q for q in program.producers(c) if not ordered((e - 1) * n + q, e * n + p)]
-                if late:
-                    raise InvalidSchedule(f"{name(e * n + p)} can signal {program.counters[c]} before "
-                                          f"{name((e - 1) * n + late[0])} does: the count of epoch {e - 1} "
-                                          "could be reached early")
+                missing = before & ~anc[e * n + p]
+                if missing:
+                    q = (missing & -missing).bit_length() - 1
+                    raise InvalidSchedule(f"#{p} {program.instructions[p].describe()} (epoch {e}) can signal "
+                                          f"{program.counters[c]} before #{q % n} (epoch {e - 1}) does: the "
+                                          f"count of epoch {e - 1} could be reached early")
 
 
 def validate(program: Program, schedule: Schedule, epochs: int = 2) -> None:
@@ -147,3 +155,4 @@ def validate(program: Program, schedule: Schedule, epochs: int = 2) -> None:
     check_graph(program)
     check_queues(program, schedule)
     check_hazards(program, epochs)
+    check_signal_order(program, epochs)
