@@ -19,7 +19,8 @@ from sonic.engine.packed import pack_model
 from sonic.engine.sampling import SamplingParams
 from sonic.models.llama import LlamaModel
 from sonic.models.rope import rope_tables
-from sonic.mono.builder import shapes_of
+from sonic.mono.builder import packed_shapes, shapes_of
+from sonic.mono.guard import run_guarded
 from sonic.mono.instructions import Op, Program
 from sonic.mono.ops import OPS
 from sonic.mono.schedule import Schedule
@@ -33,9 +34,7 @@ class Deadlock(RuntimeError):
 class MonoVM:
     def __init__(self, model: LlamaModel, program: Program, schedule: Schedule, cache: KVCache,
                  sampling: SamplingParams = SamplingParams(), order_seed: int | None = None,
-                 eos: tuple[int, ...] | None = None):
-        from sonic.mono.builder import packed_shapes
-
+                 eos: tuple[int, ...] | None = None, guard: bool = False):
         self.config, self.program, self.schedule, self.cache = model.config, program, schedule, cache
         self.packed = pack_model(model)
         if shapes_of(self.packed) != packed_shapes(program.config):
@@ -62,6 +61,7 @@ class MonoVM:
         self.signalled: dict[tuple[int, int], int] = {}
         self.epochs_done = 0
         self.rng = random.Random(order_seed) if order_seed is not None else None
+        self.guard = guard  # poison undeclared state around each instruction (guard.py)
         self.out: list[list[int]] = []
         self.logits_history: list[torch.Tensor] = []
         self.done = False
@@ -113,7 +113,10 @@ class MonoVM:
 
     def _execute(self, index: int, epoch: int) -> None:
         ins = self.program.instructions[index]
-        OPS[ins.op](self, ins)
+        if self.guard:
+            run_guarded(self, ins, OPS[ins.op])
+        else:
+            OPS[ins.op](self, ins)
         self.counters[ins.signal] += 1
         key = (ins.signal, epoch)
         self.signalled[key] = self.signalled.get(key, 0) + 1

@@ -113,3 +113,40 @@ def test_a_wait_for_too_many_signals_deadlocks_with_an_error():
     vm = MonoVM(model, program, list_schedule(program, 4), runner.cache, eos=())
     with pytest.raises(Deadlock, match="no SM can run"):
         vm.decode(4, 3, 2)
+
+
+@pytest.mark.parametrize("family,tiling,rows", [("qwen3", "split-k", 1), ("qwen2", "direct", 1),
+                                                ("mistral", "split-k", 3)])
+def test_instructions_touch_only_what_they_declare(family, tiling, rows):
+    """Under the guard every undeclared region is poisoned: the results still match the reference."""
+    model = tiny_model(family)
+    prompt = prompt_for(model.config, n=9)
+    if rows == 1:
+        want, _ = greedy_reference(model, prompt, 4)
+        vm, first = prefilled_vm(model, TILINGS[tiling], prompt, 4, guard=True, eos=())
+        assert [first] + vm.decode(first, len(prompt), 3) == want
+    else:
+        ref = ReferenceRunner(model)
+        ref.reserve(len(prompt) + rows)
+        ref.prefill(prompt)
+        vm, _ = prefilled_vm(model, TILINGS[tiling], prompt, rows, rows=rows, guard=True, eos=())
+        assert rel_err(vm.verify(prompt[:rows], len(prompt)), ref.verify(prompt[:rows], len(prompt))) < 1e-4
+
+
+@pytest.mark.parametrize("op,buffer,message", [("ATTN_PARTIAL", "pos", "read an index it does not declare"),
+                                               ("ATTN_COMBINE", "attn_part", "read a region it does not declare"),
+                                               ("GATE_UP", "act", "wrote act outside the regions it declares")])
+def test_the_guard_catches_an_undeclared_access(monkeypatch, op, buffer, message):
+    import sonic.mono.guard as guard
+    real = guard.accesses
+
+    def forgetful(program, ins):
+        acc = real(program, ins)
+        return [a for a in acc if not (ins.op.name == op and a.buffer == buffer)]
+
+    monkeypatch.setattr(guard, "accesses", forgetful)
+    model = tiny_model("llama3")
+    prompt = prompt_for(model.config)
+    vm, first = prefilled_vm(model, TILINGS["direct"], prompt, 4, guard=True, eos=())
+    with pytest.raises(AssertionError, match=message):
+        vm.decode(first, len(prompt), 2)
