@@ -69,20 +69,25 @@ class _Emitter:
 
     def projection(self, op: Op, layer: int, k_size: int, rows_per_tile: int, name: str,
                    waits: tuple[Wait, ...]) -> tuple[Wait, ...]:
-        """A matvec into the residual: direct when unsplit, else split-K partials and a RESIDUAL pass.
-        Returns the wait that says the residual is updated."""
+        """A matvec into the residual: direct when unsplit, else split-K partials and a RESIDUAL pass
+        per row tile, which waits only for that tile's partials. Returns the wait that says the
+        residual is updated."""
         hidden, k_parts = self.config.hidden_size, _splits(k_size, self.tiling.k_splits)
-        done = self.counter(f"L{layer}.{name}")
-        for rows in _ranges(hidden, rows_per_tile):
-            for split, (k0, k1) in enumerate(k_parts):
-                self.emit(op, done, waits, layer=layer, split=split, tile_begin=rows[0], tile_end=rows[1],
-                          k_begin=k0, k_end=k1)
+        tiles = _ranges(hidden, rows_per_tile)
         if len(k_parts) == 1:
+            done = self.counter(f"L{layer}.{name}")
+            for b, end in tiles:
+                self.emit(op, done, waits, layer=layer, tile_begin=b, tile_end=end, k_end=k_size)
             return self.wait_all(done)
+        partials = [self.counter(f"L{layer}.{name}.r{b}") for b, _ in tiles]
+        for (b, end), counter in zip(tiles, partials):
+            for split, (k0, k1) in enumerate(k_parts):
+                self.emit(op, counter, waits, layer=layer, split=split, tile_begin=b, tile_end=end,
+                          k_begin=k0, k_end=k1)
         reduced = self.counter(f"L{layer}.{name}.residual")
-        for rows in _ranges(hidden, rows_per_tile):
-            self.emit(Op.RESIDUAL, reduced, self.wait_all(done), layer=layer, tile_begin=rows[0],
-                      tile_end=rows[1], k_end=len(k_parts))
+        for (b, end), counter in zip(tiles, partials):
+            self.emit(Op.RESIDUAL, reduced, self.wait_all(counter), layer=layer, tile_begin=b, tile_end=end,
+                      k_end=len(k_parts))
         return self.wait_all(reduced)
 
 
