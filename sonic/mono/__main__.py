@@ -17,7 +17,8 @@ EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sonic.mono", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m sonic.mono", description="Build, schedule and validate a "
+                                "model's monokernel instruction list; write its C++ header.")
     p.add_argument("--model", required=True, help="a preset name, a Hugging Face folder, config.json or .gguf")
     p.add_argument("--rows", type=int, default=1, help="query rows: 1 (decode) or 2..8 (verification)")
     p.add_argument("--sms", type=int, default=132, help="SMs to schedule on (132 on an H100 or H200)")
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=value, help=f"tiling (default {value})")
     p.add_argument("--header", type=Path, help="write the generated C++ header here")
     p.add_argument("--simulate", type=int, default=0, metavar="N",
-                   help="also run N randomised event simulations of 2 epochs")
+                   help="also run N randomised event simulations of 2 epochs (of a 2-layer copy)")
     return p
 
 
@@ -57,10 +58,12 @@ def run(args) -> int:
         validate(program, schedule, hazards=False)
         small = build_program(config.with_(num_hidden_layers=2), tiling, rows=args.rows)
         check_hazards(small)
+        small_schedule = list_schedule(small, args.sms)
     else:
         validate(program, schedule)
+        small, small_schedule = program, schedule
     for seed in range(args.simulate):
-        simulate(program, schedule, epochs=2, seed=seed)
+        simulate(small, small_schedule, epochs=2, seed=seed)
     ops = Counter(ins.op.name for ins in program.instructions)
     print(f"{program.config.name}: {len(program.instructions)} instructions, {len(program.counters)} counters, "
           f"{program.weight_bytes / 2**20:.1f} MiB of weight tiles")

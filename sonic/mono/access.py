@@ -10,6 +10,7 @@ cache by (group, k|v); attn_part by (group, split); attn [rows, Nq] by q head; k
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 
 from sonic.mono.instructions import Instruction, Op, Program
@@ -88,3 +89,43 @@ def accesses(program: Program, ins: Instruction) -> list[Access]:
         return [_r("logits", 0, c.vocab_size), _r("pos", 0, 1), _w("token", 0, 1), _w("pos", 0, 1),
                 _w("out", 0, 1)]
     raise ValueError(f"unknown opcode {ins.op}")
+
+
+def _segments(program: Program) -> dict[str, list[int]]:
+    """Per buffer, the sorted boundaries of every access: regions cut into pieces no access splits."""
+    edges: dict[str, set[int]] = {}
+    for ins in program.instructions:
+        for a in accesses(program, ins):
+            edges.setdefault(a.buffer, set()).update((a.lo, a.hi))
+    return {buf: sorted(e) for buf, e in edges.items()}
+
+
+def prior_conflicts(program: Program, epochs: int) -> list[list[tuple[int, Access, Access]]]:
+    """For each unrolled node (epoch * N + index), in sequential order, the nearest earlier accesses
+    it conflicts with: (node, their access, its access). A write conflicts with each segment's last
+    writer and the readers since; a read with the last writer. Older conflicts are ordered before
+    these by the same rule, so ordering these orders all of them."""
+    n, cuts = len(program.instructions), _segments(program)
+    writer: dict[tuple[str, int], tuple[int, Access]] = {}
+    readers: dict[tuple[str, int], list[tuple[int, Access]]] = {}
+    out = []
+    for node in range(epochs * n):
+        acc = accesses(program, program.instructions[node % n])
+        found: dict[int, tuple[int, Access, Access]] = {}
+        for a in acc:
+            edges = cuts[a.buffer]
+            for seg in range(bisect_left(edges, a.lo), bisect_left(edges, a.hi)):
+                key = (a.buffer, seg)
+                earlier = ([writer[key]] if key in writer else []) + (readers.get(key, []) if a.write else [])
+                for other, b in earlier:
+                    found.setdefault(other, (other, b, a))
+        out.append(sorted(found.values(), key=lambda t: t[0]))
+        for a in sorted(acc, key=lambda x: x.write):  # its reads, then its writes, become the history
+            edges = cuts[a.buffer]
+            for seg in range(bisect_left(edges, a.lo), bisect_left(edges, a.hi)):
+                key = (a.buffer, seg)
+                if a.write:
+                    writer[key], readers[key] = (node, a), []
+                else:
+                    readers.setdefault(key, []).append((node, a))
+    return out

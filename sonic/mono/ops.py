@@ -141,7 +141,7 @@ def sample_token(vm, ins: Instruction) -> None:
     vm.pos += 1
     vm.out.append(chosen.tolist())
     vm.logits_history.append(vm.logits.clone())
-    if any(int(t) in vm.eos for t in chosen):
+    if any(int(t) in vm.eos for t in chosen) or (vm.stop_requested and vm.stop_requested(vm.out[-1])):
         vm.done = True
 
 

@@ -66,6 +66,9 @@ class MonoVM:
         self.logits_history: list[torch.Tensor] = []
         self.done = False
         self.finished_epoch = 0
+        # The host's stop flag (stop strings, a client gone): called with each epoch's tokens as
+        # the host would read them; returning True stops the launch after that epoch.
+        self.stop_requested = None
 
     # ---- the launch ----
     def run(self, epochs: int) -> int:
@@ -124,13 +127,18 @@ class MonoVM:
             self.finished_epoch = epoch
 
     # ---- what a runner would call ----
-    def decode(self, token: int, position: int, n: int) -> list[int]:
-        """`n` decode steps in one launch from `token` at `position`: the tokens chosen (M = 1)."""
+    def decode(self, token: int, position: int, n: int, stop=None) -> list[int]:
+        """`n` decode steps in one launch from `token` at `position`: the tokens chosen (M = 1).
+        `stop(tokens)` returning True ends the launch after that token."""
         if self.program.rows != 1:
             raise ValueError("decode runs a one-row program; verification programs use verify()")
         self.token[0], self.pos[0] = token, position
         start = len(self.out)
-        self.run(n)
+        self.stop_requested = stop
+        try:
+            self.run(n)
+        finally:
+            self.stop_requested = None
         return [row[0] for row in self.out[start:]]
 
     def verify(self, tokens: list[int], start: int) -> torch.Tensor:

@@ -13,28 +13,10 @@ from __future__ import annotations
 import heapq
 import random
 
-from sonic.mono.access import accesses
+from sonic.mono.access import prior_conflicts
 from sonic.mono.instructions import Program
 from sonic.mono.schedule import CostModel, Schedule
 from sonic.mono.validate import InvalidSchedule
-
-
-def _conflicts(program: Program, epochs: int) -> list[list[int]]:
-    """For each unrolled node, the sequentially earlier nodes whose accesses conflict with its own."""
-    n = len(program.instructions)
-    by_buffer: dict[str, list[tuple[int, object]]] = {}
-    earlier: list[list[int]] = []
-    for node in range(epochs * n):
-        mine = accesses(program, program.instructions[node % n])
-        found = set()
-        for a in mine:
-            for other, b in by_buffer.get(a.buffer, ()):
-                if (a.write or b.write) and a.overlaps(b):
-                    found.add(other)
-        for a in mine:
-            by_buffer.setdefault(a.buffer, []).append((node, a))
-        earlier.append(sorted(found))
-    return earlier
 
 
 def simulate(program: Program, schedule: Schedule, epochs: int = 3, seed: int = 0,
@@ -42,7 +24,7 @@ def simulate(program: Program, schedule: Schedule, epochs: int = 3, seed: int = 
     """Runs `epochs` epochs; returns the simulated time, raises InvalidSchedule on a failure."""
     rng = random.Random(seed)
     n, instrs = len(program.instructions), program.instructions
-    earlier = _conflicts(program, epochs)
+    earlier = [[other for other, _, _ in c] for c in prior_conflicts(program, epochs)]
     counters = [0] * len(program.counters)
     signalled: dict[tuple[int, int], int] = {}  # (counter, epoch) -> signals so far
     head = [0] * schedule.num_sms                # position in the SM's queue, over all epochs

@@ -12,9 +12,7 @@
 """
 from __future__ import annotations
 
-from bisect import bisect_left
-
-from sonic.mono.access import Access, accesses
+from sonic.mono.access import prior_conflicts
 from sonic.mono.instructions import Program
 from sonic.mono.schedule import Schedule
 
@@ -108,47 +106,19 @@ def happens_before(program: Program, epochs: int) -> list[int]:
     return ancestors
 
 
-def _segments(program: Program) -> dict[str, list[int]]:
-    """Per buffer, the sorted boundaries of every access: regions cut into pieces no access splits."""
-    edges: dict[str, set[int]] = {}
-    for ins in program.instructions:
-        for a in accesses(program, ins):
-            edges.setdefault(a.buffer, set()).update((a.lo, a.hi))
-    return {buf: sorted(e) for buf, e in edges.items()}
-
-
 def check_hazards(program: Program, epochs: int = 2) -> None:
     n = len(program.instructions)
     anc = happens_before(program, epochs)
-    cuts = _segments(program)
 
     def name(node: int) -> str:
         return f"#{node % n} {program.instructions[node % n].describe()} (epoch {node // n})"
 
-    # Per segment: its last writer and the readers since. A write must follow both; a read must
-    # follow the last writer. Earlier accesses are ordered before these by the same checks.
-    writer: dict[tuple[str, int], tuple[int, Access]] = {}
-    readers: dict[tuple[str, int], list[tuple[int, Access]]] = {}
-    for node in range(epochs * n):
-        acc = accesses(program, program.instructions[node % n])
-        for a in acc:  # checked against what came before this instruction
-            edges = cuts[a.buffer]
-            for seg in range(bisect_left(edges, a.lo), bisect_left(edges, a.hi)):
-                key = (a.buffer, seg)
-                earlier = ([writer[key]] if key in writer else []) + (readers.get(key, []) if a.write else [])
-                for other, b in earlier:
-                    if not anc[node] >> other & 1:
-                        what = "writes" if a.write else "reads"
-                        raise InvalidSchedule(f"{name(node)} {what} {a.buffer}[{a.lo}:{a.hi}] without waiting "
-                                              f"for {name(other)}, which {'writes' if b.write else 'reads'} it first")
-        for a in sorted(acc, key=lambda x: x.write):  # its reads, then its writes, become the history
-            edges = cuts[a.buffer]
-            for seg in range(bisect_left(edges, a.lo), bisect_left(edges, a.hi)):
-                key = (a.buffer, seg)
-                if a.write:
-                    writer[key], readers[key] = (node, a), []
-                else:
-                    readers.setdefault(key, []).append((node, a))
+    for node, conflicts in enumerate(prior_conflicts(program, epochs)):
+        for other, b, a in conflicts:
+            if not anc[node] >> other & 1:
+                what = "writes" if a.write else "reads"
+                raise InvalidSchedule(f"{name(node)} {what} {a.buffer}[{a.lo}:{a.hi}] without waiting for "
+                                      f"{name(other)}, which {'writes' if b.write else 'reads'} it first")
 
 
 def check_signal_order(program: Program, epochs: int = 2) -> None:

@@ -67,6 +67,17 @@ def test_eos_stops_the_launch_after_that_token():
     assert vm.epochs_done == len(got)
 
 
+def test_the_host_can_stop_the_launch():
+    model = tiny_model("qwen3")
+    prompt = prompt_for(model.config)
+    want, _ = greedy_reference(model, prompt, 10)
+    vm, first = prefilled_vm(model, TILINGS["split-k"], prompt, 10, eos=())
+    seen = []
+    got = vm.decode(first, len(prompt), 9, stop=lambda tokens: seen.append(tokens[0]) or len(seen) == 3)
+    assert got == seen == want[1:4] and vm.epochs_done == 3
+    assert vm.decode(got[-1], len(prompt) + 3, 2) == want[4:6]  # the next launch carries on
+
+
 @pytest.mark.parametrize("family,rows", [("llama3", 2), ("qwen2", 5), ("qwen3", 8), ("mistral", 8)])
 def test_verification_rows_match_the_reference(family, rows):
     """M query rows in one epoch: each row as the reference computes it one token at a time."""

@@ -58,10 +58,11 @@ def test_a_missing_wait_is_a_read_before_write():
 
 
 def test_a_missing_wait_across_epochs_is_caught():
-    """EMBED without its wait on the previous sampling reads the token before it is chosen."""
+    """EMBED without its wait on the previous sampling would read the token before it is chosen and
+    overwrite h while the previous epoch still works on it."""
     program = _program()
     bad = _replace(program, _first(program, Op.EMBED), waits=())
-    with pytest.raises(InvalidSchedule, match=r"EMBED.*\(epoch 1\) reads token.* SAMPLE.*\(epoch 0\)"):
+    with pytest.raises(InvalidSchedule, match=r"EMBED.*\(epoch 1\) (reads token|writes h).* without waiting for .*\(epoch 0\)"):
         check_hazards(bad)
 
 
