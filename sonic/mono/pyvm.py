@@ -109,7 +109,7 @@ class MonoVM:
                 return False
         for w in ins.waits:  # satisfied: it must be by this epoch's producers, all of them
             src = epoch - w.lag
-            if src >= 1 and self.signalled.get((w.counter, src), 0) != w.count:
+            if src >= 1 and self.signalled.get((w.counter, src), 0) != len(self.program.producers(w.counter)):
                 raise AssertionError(f"#{index} {ins.describe()} in epoch {epoch} sees counter "
                                      f"{self.program.counters[w.counter]} satisfied before epoch {src} finished")
         return True

@@ -1,4 +1,6 @@
 """The PyTorch interpreter of the monokernel against the reference model, float32 on CPU."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -110,20 +112,28 @@ def test_sampling_is_seeded_and_respects_top_k():
     assert runs[0] != greedy.decode(first, len(prompt), 10)
 
 
-def test_a_wait_for_too_many_signals_deadlocks_with_an_error():
-    model = tiny_model("llama3")
+def _vm_with_gate_up_count(model, delta: int) -> MonoVM:
     program = build_program(model.config, TILINGS["direct"])
     bad = list(program.instructions)
     i = next(k for k, ins in enumerate(bad) if ins.op.name == "GATE_UP")
     w = bad[i].waits[0]
-    bad[i] = type(bad[i])(**{**bad[i].__dict__, "waits": (Wait(w.counter, w.count + 1),)})
+    bad[i] = dataclasses.replace(bad[i], waits=(Wait(w.counter, w.count + delta),))
     program = program.with_instructions(bad)
     runner = ReferenceRunner(model)
     runner.reserve(16)
     runner.prefill([1, 2, 3])
-    vm = MonoVM(model, program, list_schedule(program, 4), runner.cache, eos=())
+    # Eight SMs in a random order: some sweep reaches a GATE_UP before the last O_PROJ tile.
+    return MonoVM(model, program, list_schedule(program, 8), runner.cache, order_seed=0, eos=())
+
+
+def test_a_wait_for_too_many_signals_deadlocks_with_an_error():
     with pytest.raises(Deadlock, match="no SM can run"):
-        vm.decode(4, 3, 2)
+        _vm_with_gate_up_count(tiny_model("llama3"), +1).decode(4, 3, 2)
+
+
+def test_a_wait_for_too_few_signals_is_caught_when_it_passes_early():
+    with pytest.raises(AssertionError, match="GATE_UP.* sees counter L0.o satisfied before epoch \\d finished"):
+        _vm_with_gate_up_count(tiny_model("llama3"), -1).decode(4, 3, 2)
 
 
 @pytest.mark.parametrize("family,tiling,rows", [("qwen3", "split-k", 1), ("qwen2", "direct", 1),
