@@ -1,0 +1,150 @@
+"""PyTorch semantics of each opcode, one function per instruction type: what the CUDA kernel computes.
+
+Each function touches only the regions `access.py` declares for the instruction. Weights come from
+the tile-packed blob (the instruction's own stream); norms, biases and embedding rows from the
+packed model. The residual and logits are fp32; partial results are reduced in a fixed order (KV
+splits and k splits in index order), so a run is deterministic whatever the SM interleaving.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sonic.engine.sampling import sample
+from sonic.mono.instructions import Instruction, Op
+from sonic.mono.tiles import blob_tile, qkv_slot_rows
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """As the reference: normalise in fp32, scale in the working dtype."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(weight.dtype)
+
+
+def _matvec(vm, ins: Instruction, x: torch.Tensor) -> torch.Tensor:
+    return x @ blob_tile(vm.blob, vm.program, ins).T
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def embed(vm, ins: Instruction) -> None:
+    vm.h[:, ins.tile_begin:ins.tile_end] = vm.packed.embed[vm.token, ins.tile_begin:ins.tile_end].float()
+
+
+def qkv_rope(vm, ins: Instruction) -> None:
+    c, layer, d = vm.config, vm.packed.layers[ins.layer], vm.config.head_dim
+    y = _matvec(vm, ins, rms_norm(vm.h, layer.attn_norm, c.rms_norm_eps))
+    cos, sin = vm.cos[vm.pos].to(y.dtype), vm.sin[vm.pos].to(y.dtype)  # [rows, D]
+    for i, slot in enumerate(range(ins.tile_begin, ins.tile_end)):
+        head = y[:, i * d:(i + 1) * d]
+        if layer.b_qkv is not None:
+            head = head + layer.b_qkv[slice(*qkv_slot_rows(c, ins.group, slot))]
+        if slot == c.gqa_group + 1:  # v: straight into the cache
+            vm.cache.v[ins.layer, 0, ins.group, vm.pos] = head
+            continue
+        is_q = slot < c.gqa_group
+        if layer.q_norm is not None:
+            head = rms_norm(head, layer.q_norm if is_q else layer.k_norm, c.rms_norm_eps)
+        head = _rotate(head, cos, sin)
+        if is_q:
+            q_head = ins.group * c.gqa_group + slot
+            vm.q[:, q_head * d:(q_head + 1) * d] = head
+        else:
+            vm.cache.k[ins.layer, 0, ins.group, vm.pos] = head
+
+
+def key_range(vm, row: int, split: int) -> tuple[int, int]:
+    """Positions split `split` of row `row` attends to: the visible keys cut into near-equal parts."""
+    pos, window = int(vm.pos[row]), vm.config.sliding_window
+    lo, hi = (max(0, pos - window + 1) if window else 0), pos + 1
+    chunk = -(-(hi - lo) // vm.program.tiling.kv_splits)
+    start = min(lo + split * chunk, hi)
+    return start, min(start + chunk, hi)
+
+
+def attn_partial(vm, ins: Instruction) -> None:
+    c, d = vm.config, vm.config.head_dim
+    heads = slice(ins.tile_begin, ins.tile_end)
+    for row in range(vm.program.rows):
+        a, b = key_range(vm, row, ins.split)
+        if a == b:  # an empty split: contributes nothing to the merge
+            vm.attn_o[row, heads, ins.split] = 0
+            vm.attn_max[row, heads, ins.split] = float("-inf")
+            vm.attn_sum[row, heads, ins.split] = 0
+            continue
+        q = vm.q[row].view(c.num_attention_heads, d)[heads].float()
+        k = vm.cache.k[ins.layer, 0, ins.group, a:b].float()
+        v = vm.cache.v[ins.layer, 0, ins.group, a:b].float()
+        scores = (q @ k.T) * d ** -0.5                 # [gqa, keys]
+        best = scores.amax(dim=-1)
+        p = torch.exp(scores - best[:, None])
+        vm.attn_o[row, heads, ins.split] = p @ v
+        vm.attn_max[row, heads, ins.split] = best
+        vm.attn_sum[row, heads, ins.split] = p.sum(-1)
+
+
+def attn_combine(vm, ins: Instruction) -> None:
+    d, heads = vm.config.head_dim, slice(ins.tile_begin, ins.tile_end)
+    best = vm.attn_max[:, heads].amax(dim=-1)           # [rows, gqa]
+    out = torch.zeros(vm.program.rows, ins.tile_end - ins.tile_begin, d)
+    total = torch.zeros(vm.program.rows, ins.tile_end - ins.tile_begin)
+    for s in range(ins.k_end):                                  # split order: deterministic
+        scale = torch.exp(vm.attn_max[:, heads, s] - best)
+        out += scale[..., None] * vm.attn_o[:, heads, s]
+        total += scale * vm.attn_sum[:, heads, s]
+    merged = (out / total[..., None]).to(vm.attn.dtype)
+    vm.attn[:, ins.tile_begin * d:ins.tile_end * d] = merged.reshape(vm.program.rows, -1)
+
+
+def _into_residual(vm, ins: Instruction, y: torch.Tensor) -> None:
+    if vm.program.tiling.k_splits == 1:
+        vm.h[:, ins.tile_begin:ins.tile_end] += y.float()
+    else:
+        vm.kpart[ins.split, :, ins.tile_begin:ins.tile_end] = y.float()
+
+
+def o_proj(vm, ins: Instruction) -> None:
+    _into_residual(vm, ins, _matvec(vm, ins, vm.attn[:, ins.k_begin:ins.k_end]))
+
+
+def down_proj(vm, ins: Instruction) -> None:
+    _into_residual(vm, ins, _matvec(vm, ins, vm.act[:, ins.k_begin:ins.k_end]))
+
+
+def residual(vm, ins: Instruction) -> None:
+    rows = slice(ins.tile_begin, ins.tile_end)
+    acc = vm.kpart[0, :, rows].clone()
+    for s in range(1, ins.k_end):
+        acc += vm.kpart[s, :, rows]
+    vm.h[:, rows] += acc
+
+
+def gate_up(vm, ins: Instruction) -> None:
+    layer, n = vm.packed.layers[ins.layer], ins.tile_end - ins.tile_begin
+    y = _matvec(vm, ins, rms_norm(vm.h, layer.mlp_norm, vm.config.rms_norm_eps))
+    vm.act[:, ins.tile_begin:ins.tile_end] = F.silu(y[:, :n]) * y[:, n:]
+
+
+def lm_head(vm, ins: Instruction) -> None:
+    x = rms_norm(vm.h, vm.packed.final_norm, vm.config.rms_norm_eps)
+    vm.logits[:, ins.tile_begin:ins.tile_end] = _matvec(vm, ins, x).float()
+
+
+def sample_token(vm, ins: Instruction) -> None:
+    """Token choice, then what the kernel does before the next epoch: position on, token out, EOS."""
+    chosen = sample(vm.logits, vm.sampling, vm.generator)
+    vm.token.copy_(chosen)
+    vm.pos += 1
+    vm.out.append(chosen.tolist())
+    vm.logits_history.append(vm.logits.clone())
+    if any(int(t) in vm.eos for t in chosen) or (vm.stop_requested and vm.stop_requested(vm.out[-1])):
+        vm.done = True
+
+
+OPS = {Op.EMBED: embed, Op.QKV_ROPE: qkv_rope, Op.ATTN_PARTIAL: attn_partial, Op.ATTN_COMBINE: attn_combine,
+       Op.O_PROJ: o_proj, Op.GATE_UP: gate_up, Op.DOWN_PROJ: down_proj, Op.RESIDUAL: residual,
+       Op.LM_HEAD: lm_head, Op.SAMPLE: sample_token}
