@@ -3,7 +3,7 @@
 # Usage: scripts/gpu_check.sh [preset ...]. Reports land in $OUT; a short table prints last.
 # TESTS: what pytest runs (default: the fused-path, verification and speculative tests; "none" skips).
 # BENCH=0 skips the preset benchmarks; TASKS=1 adds speculation per task on the default model's weights;
-# VERIFY_COST=M also times verifying 1..M tokens on the first preset.
+# VERIFY_COST=M also times verifying 1..M tokens on the first preset; TASK_FLAGS adds flags to the task run.
 # Wheels in .whl/ are installed first; the default model may arrive split in .model_part1/ and
 # .model_part2/ (see scripts/split_default_model.sh): the parts are joined and checked here.
 set -uo pipefail
@@ -50,7 +50,8 @@ if [ "${BENCH:-1}" = 1 ]; then
 fi
 if [ "${TASKS:-0}" = 1 ]; then
   # Speculation per task on the default model's real weights (off, k = 2 4 8, auto).
-  BENCH_TIMEOUT=${TASKS_TIMEOUT:-400} bench tasks --tasks --repeats "${TASK_REPEATS:-2}"
+  # shellcheck disable=SC2086
+  BENCH_TIMEOUT=${TASKS_TIMEOUT:-400} bench tasks --tasks --repeats "${TASK_REPEATS:-2}" ${TASK_FLAGS:-}
   names+=(tasks)
 fi
 echo "== summary"

@@ -123,34 +123,47 @@ def _row_rstd(x_ptr, x_off, eps, K: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _accumulate(acc_g, acc_u, wg, wu, x_ptr, x_offs, rstds, rows, M, k0, nw_ptr, K: tl.constexpr,
+def _row_step(acc_g, acc_u, wgf, wuf, nw, x_ptr, x_rows, stride_xm, rstds, rows, m, kk, in_k, HAS_NORM: tl.constexpr,
+              SILU_MUL: tl.constexpr, W_DTYPE: tl.constexpr):
+    """Query row m's products with the weight tile, summed over the tile's K step."""
+    # Row id first, then times the stride: the offset keeps the alignment 16-byte loads need.
+    xv = tl.load(x_ptr + _pick(x_rows, rows, m) * stride_xm + kk, mask=in_k, other=0.0)
+    if HAS_NORM:
+        h = (xv.to(tl.float32) * _pick(rstds, rows, m)).to(W_DTYPE).to(tl.float32)
+        xf = (nw * h).to(W_DTYPE).to(tl.float32)
+    else:
+        xf = xv.to(W_DTYPE).to(tl.float32)
+    sel = (rows == m)[:, None]
+    acc_g = tl.where(sel, acc_g + tl.sum(wgf * xf, 1)[None, :], acc_g)
+    if SILU_MUL:
+        acc_u = tl.where(sel, acc_u + tl.sum(wuf * xf, 1)[None, :], acc_u)
+    return acc_g, acc_u
+
+
+@triton.jit
+def _accumulate(acc_g, acc_u, wg, wu, x_ptr, x_rows, stride_xm, rstds, rows, M, k0, nw_ptr, K: tl.constexpr,
                 HAS_NORM: tl.constexpr, SILU_MUL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc[m, :] += this K step's sums for every query row m, one row at a time against the same tile."""
     kk = k0 + tl.arange(0, BLOCK_K)[None, :]
     in_k = kk < K
+    nw = 0.0
     if HAS_NORM:
         nw = tl.load(nw_ptr + kk, mask=in_k, other=0.0).to(tl.float32)
     wgf = wg.to(tl.float32)
     wuf = wu.to(tl.float32)
     for m in tl.static_range(BLOCK_M):
-        if m < M:
-            xv = tl.load(x_ptr + _pick(x_offs, rows, m) + kk, mask=in_k, other=0.0)
-            if HAS_NORM:
-                # Same roundings as the reference RMSNorm: normalise in fp32, round, scale, round.
-                h = (xv.to(tl.float32) * _pick(rstds, rows, m)).to(wg.dtype).to(tl.float32)
-                xf = (nw * h).to(wg.dtype).to(tl.float32)
-            else:
-                xf = xv.to(wg.dtype).to(tl.float32)
-            sel = (rows == m)[:, None]
-            acc_g = tl.where(sel, acc_g + tl.sum(wgf * xf, 1)[None, :], acc_g)
-            if SILU_MUL:
-                acc_u = tl.where(sel, acc_u + tl.sum(wuf * xf, 1)[None, :], acc_u)
+        if BLOCK_M == 1:  # no branch: the loads can be scheduled early
+            acc_g, acc_u = _row_step(acc_g, acc_u, wgf, wuf, nw, x_ptr, x_rows, stride_xm, rstds, rows, m, kk, in_k,
+                                     HAS_NORM, SILU_MUL, wg.dtype)
+        elif m < M:
+            acc_g, acc_u = _row_step(acc_g, acc_u, wgf, wuf, nw, x_ptr, x_rows, stride_xm, rstds, rows, m, kk, in_k,
+                                     HAS_NORM, SILU_MUL, wg.dtype)
     return acc_g, acc_u
 
 
 @triton.jit
-def _tile(tile, wg0, wu0, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr, rows, in_m,
-          x_offs, r_off, rstds, M, stride_om, N: tl.constexpr, K: tl.constexpr, NUM_TILES: tl.constexpr,
+def _tile(tile, wg0, wu0, x_ptr, stride_xm, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr, rows, in_m,
+          x_rows, r_off, rstds, M, stride_om, N: tl.constexpr, K: tl.constexpr, NUM_TILES: tl.constexpr,
           HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SILU_MUL: tl.constexpr,
           ARGMAX: tl.constexpr, EVEN_K: tl.constexpr, PRELOADED: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -164,12 +177,12 @@ def _tile(tile, wg0, wu0, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     K_START: tl.constexpr = BLOCK_K if PRELOADED else 0
     if PRELOADED:
-        acc_g, acc_u = _accumulate(acc_g, acc_u, wg0, wu0, x_ptr, x_offs, rstds, rows, M, 0, nw_ptr, K,
+        acc_g, acc_u = _accumulate(acc_g, acc_u, wg0, wu0, x_ptr, x_rows, stride_xm, rstds, rows, M, 0, nw_ptr, K,
                                    HAS_NORM, SILU_MUL, BLOCK_M, BLOCK_K)
     for k0 in range(K_START, K, BLOCK_K):
         # The weight loads go first: they are the only HBM traffic, the rest hits L1/L2.
         wg, wu = _load_w(g_ptrs, u_ptrs, k0, K, BLOCK_K, SILU_MUL, EVEN_K)
-        acc_g, acc_u = _accumulate(acc_g, acc_u, wg, wu, x_ptr, x_offs, rstds, rows, M, k0, nw_ptr, K,
+        acc_g, acc_u = _accumulate(acc_g, acc_u, wg, wu, x_ptr, x_rows, stride_xm, rstds, rows, M, k0, nw_ptr, K,
                                    HAS_NORM, SILU_MUL, BLOCK_M, BLOCK_K)
     y = acc_g
     if HAS_BIAS:
@@ -212,10 +225,11 @@ def _matvec_kernel(x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, xidx_ptr, p
     rows = tl.arange(0, BLOCK_M)
     in_m = rows < M
     # Gathered rows (the embedding of this step's tokens) are read where they sit, with no copy.
+    # x_rows are row ids: each row's offset is taken as id * stride where it is used.
     if X_GATHER:
-        x_offs = tl.load(xidx_ptr + rows, mask=in_m, other=0).to(tl.int64) * stride_xm
+        x_rows = tl.load(xidx_ptr + rows, mask=in_m, other=0).to(tl.int64)
     else:
-        x_offs = rows.to(tl.int64) * stride_xm
+        x_rows = rows.to(tl.int64)
     if RES_GATHER:
         r_off = tl.load(xidx_ptr + rows, mask=in_m, other=0).to(tl.int64) * stride_rm
     else:
@@ -223,19 +237,21 @@ def _matvec_kernel(x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, xidx_ptr, p
     rstds = tl.zeros([BLOCK_M], tl.float32)
     if HAS_NORM:
         for m in tl.static_range(BLOCK_M):
-            if m < M:
-                rstds = tl.where(rows == m, _row_rstd(x_ptr, _pick(x_offs, rows, m), eps, K, BLOCK_K), rstds)
+            if BLOCK_M == 1:
+                rstds = tl.where(rows == m, _row_rstd(x_ptr, _pick(x_rows, rows, m) * stride_xm, eps, K, BLOCK_K), rstds)
+            elif m < M:
+                rstds = tl.where(rows == m, _row_rstd(x_ptr, _pick(x_rows, rows, m) * stride_xm, eps, K, BLOCK_K), rstds)
     if PRELOAD:
-        _tile(tl.program_id(0), wg0, wu0, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr,
-              rows, in_m, x_offs, r_off, rstds, M, stride_om, N, K, tl.cdiv(N, BLOCK_N), HAS_NORM, HAS_BIAS,
+        _tile(tl.program_id(0), wg0, wu0, x_ptr, stride_xm, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr,
+              rows, in_m, x_rows, r_off, rstds, M, stride_om, N, K, tl.cdiv(N, BLOCK_N), HAS_NORM, HAS_BIAS,
               HAS_RES, SILU_MUL, ARGMAX, EVEN_K, True, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         # GROUP consecutive tiles share one pass over x for the statistics.
         for t in range(GROUP):
             tile = tl.program_id(0) * GROUP + t
             if tile < tl.cdiv(N, BLOCK_N):
-                _tile(tile, wg0, wu0, x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr,
-                      rows, in_m, x_offs, r_off, rstds, M, stride_om, N, K, tl.cdiv(N, BLOCK_N), HAS_NORM,
+                _tile(tile, wg0, wu0, x_ptr, stride_xm, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, pval_ptr, pidx_ptr,
+                      rows, in_m, x_rows, r_off, rstds, M, stride_om, N, K, tl.cdiv(N, BLOCK_N), HAS_NORM,
                       HAS_BIAS, HAS_RES, SILU_MUL, ARGMAX, EVEN_K, False, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
