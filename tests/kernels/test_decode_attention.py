@@ -28,12 +28,12 @@ CASES = [
     (4, 257, 3, 2, 2, 128, None, True),
     (4, 257, 3, 2, 4, 64, 32, False),        # window narrower than a tile
     (16, 17, 1, 1, 2, 128, None, False),     # rows padded past 16
-    (16, 257, 16, 2, 4, 64, None, True),     # 64 rows
+    (16, 257, 4, 2, 4, 64, None, True),      # 16 rows of 4 heads
     (16, 257, 16, 1, 7, 48, 100, False),     # 112 rows padded to 128, window
     (1, 1000, 16, 2, 4, 64, None, True),     # 16 tiles, one per split: every split merged
     (3, 1100, 3, 1, 8, 128, None, False),    # 3 splits of 6 tiles, the last one ragged
-    (16, 1100, 16, 2, 4, 64, 700, False),    # window over several splits
-    (9, 700, 16, 2, 1, 48, None, True),
+    (16, 1100, 5, 1, 4, 64, 700, False),     # window over several splits
+    (9, 700, 6, 1, 1, 48, None, True),
 ]
 
 
@@ -92,6 +92,29 @@ def test_matches_ref(case, dtype):
     assert torch.equal(out, again)
 
 
+@pytest.mark.parametrize("m,kv_len,num_splits,window", [(5, 70, 3, None), (9, 300, 4, 200), (3, 3, 2, None)])
+def test_rows_bit_identical_to_one_row_calls(m, kv_len, num_splits, window):
+    """Verification of m tokens gives each row, and the cache, exactly what m one-row steps give."""
+    hkv, group, dim, dtype = 2, 4, 64, DTYPES[-1]
+    qkv, k_cache, v_cache, positions, weights = _inputs(m, kv_len, hkv, group, dim, dtype, True)
+    many, k_many, v_many = _run(decode_attention, qkv, k_cache, v_cache, positions, hkv, group, dim, window, weights,
+                                num_splits=num_splits)
+    k_one, v_one = k_cache.clone(), v_cache.clone()
+    rows = []
+    for i in range(m):
+        out, k_one, v_one = _run(decode_attention, qkv[i:i + 1], k_one, v_one, positions[i:i + 1], hkv, group, dim,
+                                 window, weights, num_splits=num_splits)
+        rows.append(out)
+    assert torch.equal(many, torch.cat(rows))
+    assert torch.equal(k_many[:, :kv_len], k_one[:, :kv_len]) and torch.equal(v_many[:, :kv_len], v_one[:, :kv_len])
+
+
+def test_a_window_narrower_than_the_rows_is_refused():
+    qkv, k_cache, v_cache, positions, weights = _inputs(4, 40, 1, 2, 16, torch.float32, False)
+    with pytest.raises(ValueError, match="narrower"):
+        _run(decode_attention, qkv, k_cache, v_cache, positions, 1, 2, 16, 3, weights, num_splits=1)
+
+
 def test_explicit_workspace_and_window():
     """A workspace passed in, a window reaching back past the first tile; the merge counters end at 0."""
     m, hkv, group, dim, num_splits = 3, 2, 4, 64, 5
@@ -103,6 +126,7 @@ def test_explicit_workspace_and_window():
     ref, k_ref, _ = _run(decode_attention_ref, *inputs[:4], hkv, group, dim, 150, inputs[4])
     torch.testing.assert_close(out, ref, atol=TOL[torch.float32], rtol=TOL[torch.float32])
     assert torch.equal(workspace[2], torch.zeros_like(workspace[2]))  # the merge counters are back to 0
+    assert workspace[2].shape == (hkv, m)
 
 
 @pytest.mark.parametrize("window", [None, 5])
