@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import atexit
 import os
-import queue
 import random
 import socket
 import sys
 import time
 from contextlib import contextmanager
+from multiprocessing.connection import wait
 from dataclasses import replace
 from typing import Iterator
 
@@ -77,17 +77,21 @@ class TPRunner:
     def start(cls, model: str | None, world: int, device: str, dtype: str,
               timeout_s: float = DEFAULT_TIMEOUT_S, allreduce: str = "ordered"):
         """Spawn ranks 1..N-1, load rank 0 alongside them, join. Returns (runner, loaded weights)."""
+        if dist.is_initialized():
+            raise SonicError("this process already runs a tensor-parallel engine: close it before loading another")
         os.environ.update(NO_MULTICAST_ENV)  # inherited by the workers, before any communicator exists
         options = WorkerOptions(model, world, free_port(), device, dtype, timeout_s, allreduce)
         ctx = torch.multiprocessing.get_context("spawn")
-        results = ctx.Queue()
-        commands = [ctx.Queue() for _ in range(1, world)]
-        workers = [ctx.Process(target=worker_main, args=(r, options, commands[r - 1], results), daemon=True,
-                               name=f"sonic-tp-rank{r}") for r in range(1, world)]
+        commands = [ctx.Pipe(duplex=False) for _ in range(1, world)]  # (worker's end, ours)
+        results = [ctx.Pipe(duplex=False) for _ in range(1, world)]   # (ours, worker's end)
+        workers = [ctx.Process(target=worker_main, args=(r, options, commands[r - 1][0], results[r - 1][1]),
+                               daemon=True, name=f"sonic-tp-rank{r}") for r in range(1, world)]
         with main_module_hidden():
             for w in workers:
                 w.start()
-        runner = cls(options, workers, commands, results)
+        for end in [c[0] for c in commands] + [r[1] for r in results]:
+            end.close()  # the workers' ends: a worker's exit then reads as end-of-file here
+        runner = cls(options, workers, [c[1] for c in commands], [r[0] for r in results])
         try:
             from sonic.dist.worker import split_threads
             split_threads(world)
@@ -106,18 +110,27 @@ class TPRunner:
         """Block until every worker reports `state`; a worker's error or death is a SonicError."""
         pending = set(range(1, self.options.world))
         while pending:
-            try:
-                kind, rank, message = self.results.get(timeout=0.5)
-            except queue.Empty:
+            report = self.receive(0.5)
+            if report is None:
                 dead = [r for r in pending if self.workers[r - 1].exitcode is not None]
                 if dead:
                     raise SonicError(f"tensor-parallel rank {dead[0]} exited while starting "
                                      f"(exit code {self.workers[dead[0] - 1].exitcode})") from None
                 continue
+            kind, rank, message = report
             if kind == "error":
                 raise SonicError(f"tensor-parallel rank {rank} failed to start: {message}")
             if kind == state:
                 pending.discard(rank)
+
+    def receive(self, timeout_s: float):
+        """The next (kind, rank, message) any worker sent, or None after `timeout_s`."""
+        for conn in wait(self.results, timeout_s):
+            try:
+                return conn.recv()
+            except EOFError:  # that worker exited; its exit code tells why
+                self.results.remove(conn)
+        return None
 
     # ---- requests ----
     def generate(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams) -> Iterator[int]:
@@ -126,8 +139,8 @@ class TPRunner:
         if not sampling.greedy and sampling.seed is None:
             # Every rank draws the same noise, so rank 0 picks the seed for all of them.
             sampling = replace(sampling, seed=random.SystemRandom().randrange(2**63))
-        for q in self.commands:
-            q.put(("generate", list(prompt_ids), max_tokens, sampling))
+        for conn in self.commands:
+            conn.send(("generate", list(prompt_ids), max_tokens, sampling))
         steps = self.shard.generate(prompt_ids, max_tokens, sampling, self._keep_going)
         produced = 0
         try:
@@ -135,13 +148,13 @@ class TPRunner:
                 produced += 1
                 yield token
         except GeneratorExit:
-            if produced < max_tokens:  # the workers wait on the next step's flag: tell them to stop
+            if produced < max_tokens and not self.closed:  # the workers wait on the next step's flag
                 self._send_flag(0)
             raise
         except RuntimeError as e:  # gloo/NCCL: a peer timed out or went away
             raise SonicError(self._fail(e)) from None
         except BaseException:  # Ctrl-C mid-step: the ranks are out of step, so stop them all
-            self.close(wait_s=0.0)
+            self.close(wait_s=1.0)
             raise
 
     def _keep_going(self) -> bool:
@@ -160,14 +173,13 @@ class TPRunner:
         deadline = time.monotonic() + 2.0
         reports = {}
         while time.monotonic() < deadline and len(reports) < len(self.workers):
-            try:
-                kind, rank, message = self.results.get(timeout=0.1)
-            except queue.Empty:
-                if all(w.exitcode is not None for w in self.workers):
+            report = self.receive(0.1)
+            if report is None:
+                if all(w.exitcode is not None for w in self.workers) and not self.results:
                     break
                 continue
-            if kind == "error":
-                reports[rank] = message
+            if report[0] == "error":
+                reports[report[1]] = report[2]
         exited = [r for r, w in enumerate(self.workers, 1) if w.exitcode is not None and r not in reports]
         silent = [r for r in range(1, self.options.world) if r not in reports and r not in exited]
         if exited:
@@ -186,15 +198,20 @@ class TPRunner:
         if self.closed:
             return
         self.closed = True
-        for q, w in zip(self.commands, self.workers):
+        if dist.is_initialized():  # first: a worker blocked in a collective then fails at once and exits
+            dist.destroy_process_group()
+        for conn, w in zip(self.commands, self.workers):
             if w.is_alive():
-                q.put(("exit",))
+                try:
+                    conn.send(("exit",))
+                except OSError:  # it is exiting already
+                    pass
         for w in self.workers:
             w.join(timeout=wait_s)
             if w.is_alive():
                 w.kill()
                 w.join(timeout=3.0)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        for conn in [*self.commands, *self.results]:
+            conn.close()
         torch.set_num_threads(self._threads)
         atexit.unregister(self.close)

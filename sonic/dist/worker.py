@@ -1,14 +1,13 @@
 """A tensor-parallel worker process (ranks 1..N-1): load its shard, then follow rank 0's requests.
 
-Requests arrive on a queue, so an idle worker may wait for the next prompt as long as the user takes;
+Requests arrive on a pipe, so an idle worker may wait for the next prompt as long as the user takes;
 inside a request every collective is bounded by the process group's timeout. A worker reports
-"loaded", "ready" or ("error", message) on the results queue and exits on any error, or when its
-parent is gone.
+"loaded", "ready" or ("error", message) on its results pipe and exits on any error, or when its
+parent is gone (the pipe closes). Pipes, unlike queues, leave no semaphores behind a killed worker.
 """
 from __future__ import annotations
 
 import os
-import queue
 import signal
 from dataclasses import dataclass
 
@@ -67,15 +66,20 @@ def worker_main(rank: int, options: WorkerOptions, commands, results):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle: it stops the workers
     os.environ.update(NO_MULTICAST_ENV)
     split_threads(options.world)
+    from sonic.progress import disable
+    disable()  # one progress bar (rank 0's); tqdm's lock would also be a semaphore a killed worker leaks
     try:
         loaded = load_state(options, rank, with_tokenizer=False)
-        results.put(("loaded", rank, None))
+        results.send(("loaded", rank, None))
         runner = join_and_build(options, rank, loaded)
         del loaded
-        results.put(("ready", rank, None))
+        results.send(("ready", rank, None))
         follow(runner, commands)
     except Exception as e:  # noqa: BLE001 - whatever went wrong, rank 0 reports it
-        results.put(("error", rank, describe(e)))
+        try:
+            results.send(("error", rank, describe(e)))
+        except OSError:  # rank 0 is gone: nobody to tell
+            pass
     finally:
         import torch.distributed as dist
         if dist.is_initialized():
@@ -84,8 +88,6 @@ def worker_main(rank: int, options: WorkerOptions, commands, results):
 
 def follow(runner, commands):
     """Run rank 0's requests until it says exit or goes away."""
-    import multiprocessing
-    parent = multiprocessing.parent_process()
     flag = torch.zeros(1, dtype=torch.int64, device=runner.device)
 
     def keep_going() -> bool:
@@ -93,11 +95,9 @@ def follow(runner, commands):
 
     while True:
         try:
-            command = commands.get(timeout=1.0)
-        except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                return
-            continue
+            command = commands.recv()
+        except EOFError:  # rank 0 exited
+            return
         if command[0] == "exit":
             return
         _, ids, max_tokens, sampling = command
