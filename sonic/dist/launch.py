@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from sonic.dist.allreduce import NO_MULTICAST_ENV
-from sonic.dist.worker import WorkerOptions, describe, join_and_build, load_state, worker_main
+from sonic.dist.worker import WorkerOptions, join_and_build, load_state, worker_main
 from sonic.engine.sampling import SamplingParams
 from sonic.errors import SonicError
 
@@ -130,6 +130,7 @@ class TPRunner:
                 return conn.recv()
             except EOFError:  # that worker exited; its exit code tells why
                 self.results.remove(conn)
+                conn.close()
         return None
 
     # ---- requests ----
@@ -139,8 +140,11 @@ class TPRunner:
         if not sampling.greedy and sampling.seed is None:
             # Every rank draws the same noise, so rank 0 picks the seed for all of them.
             sampling = replace(sampling, seed=random.SystemRandom().randrange(2**63))
-        for conn in self.commands:
-            conn.send(("generate", list(prompt_ids), max_tokens, sampling))
+        try:
+            for conn in self.commands:
+                conn.send(("generate", list(prompt_ids), max_tokens, sampling))
+        except OSError:  # a worker is gone
+            raise SonicError(self._fail()) from None
         steps = self.shard.generate(prompt_ids, max_tokens, sampling, self._keep_going)
         produced = 0
         try:
@@ -151,8 +155,8 @@ class TPRunner:
             if produced < max_tokens and not self.closed:  # the workers wait on the next step's flag
                 self._send_flag(0)
             raise
-        except RuntimeError as e:  # gloo/NCCL: a peer timed out or went away
-            raise SonicError(self._fail(e)) from None
+        except RuntimeError:  # gloo/NCCL: a peer timed out or went away
+            raise SonicError(self._fail()) from None
         except BaseException:  # Ctrl-C mid-step: the ranks are out of step, so stop them all
             self.close(wait_s=1.0)
             raise
@@ -165,10 +169,10 @@ class TPRunner:
         self._flag.fill_(value)
         try:
             self.shard.comm.broadcast(self._flag, 0)
-        except RuntimeError as e:
-            raise SonicError(self._fail(e)) from None
+        except RuntimeError:
+            raise SonicError(self._fail()) from None
 
-    def _fail(self, error: BaseException) -> str:
+    def _fail(self) -> str:
         """One line naming the rank that failed; the workers are stopped."""
         deadline = time.monotonic() + 2.0
         reports = {}
@@ -185,8 +189,7 @@ class TPRunner:
         if exited:
             why = f"rank {exited[0]} exited (exit code {self.workers[exited[0] - 1].exitcode})"
         elif silent:
-            why = (f"rank {', '.join(map(str, silent))} did not answer within {self.options.timeout_s:g} s "
-                   f"({describe(error)})")
+            why = f"rank {', '.join(map(str, silent))} did not answer within {self.options.timeout_s:g} s"
         else:
             why = f"rank {min(reports)}: {reports[min(reports)]}"
         self.failed = f"tensor parallelism stopped: {why}; start sonic again"

@@ -8,6 +8,7 @@ parent is gone (the pipe closes). Pipes, unlike queues, leave no semaphores behi
 from __future__ import annotations
 
 import os
+import re
 import signal
 from dataclasses import dataclass
 
@@ -59,7 +60,10 @@ def join_and_build(options: WorkerOptions, rank: int, loaded):
 
 
 def describe(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    """The first line of an error, without the source location gloo puts in front."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return re.sub(r"^\[[^\]]*\]\s*", "", line)
 
 
 def worker_main(rank: int, options: WorkerOptions, commands, results):

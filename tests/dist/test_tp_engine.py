@@ -86,6 +86,24 @@ def test_silent_peer_is_one_clear_error(tp_engine, single):
         list(tp_engine.generate_ids(prompts(single)[0], 8, SamplingParams()))
 
 
+def test_silent_rank0_is_reported_by_the_worker(tiny_chat_model_dir):
+    """A worker whose rank 0 stops talking mid-request gives up after the timeout and exits; rank 0's
+    next request names the worker's error instead of hanging. (Runs after the shared engine stopped.)"""
+    engine = Engine.load(str(tiny_chat_model_dir), tp=2, tp_timeout_s=TIMEOUT_S)
+    try:
+        worker = engine.runner.workers[0]
+        engine.runner.commands[0].send(("generate", [1, 2, 3], 4, SamplingParams()))  # rank 0 never joins in
+        start = time.monotonic()
+        worker.join(timeout=TIMEOUT_S + 20)
+        assert worker.exitcode == 0 and time.monotonic() - start < TIMEOUT_S + 20
+        with pytest.raises(SonicError) as e:
+            list(engine.generate_ids([1, 2, 3], 4, SamplingParams()))
+        assert str(e.value).startswith("tensor parallelism stopped: rank 1: "), str(e.value)
+        assert "timed out" in str(e.value).lower(), str(e.value)
+    finally:
+        engine.close()
+
+
 def test_cli_tp2_prints_what_tp1_prints(tiny_chat_model_dir, capsys):
     args = ["generate", "Once upon a time", "--model", str(tiny_chat_model_dir), "--max-tokens", "12", "--raw"]
     assert main(args) == 0
