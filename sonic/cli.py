@@ -33,6 +33,9 @@ def add_model_args(p: argparse.ArgumentParser):
 def add_tp_arg(p: argparse.ArgumentParser):
     p.add_argument("--tp", type=int, default=1, metavar="N",
                    help="tensor parallel over N devices, one process each (default: 1)")
+    p.add_argument("--tp-allreduce", default="ordered", choices=["ordered", "native", "one-shot"],
+                   help="with --tp: ordered (torch.distributed, summed in rank order: the same bits on every "
+                        "rank), native (NCCL's own) or one-shot (one kernel over NVLink) (default: ordered)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser):
@@ -131,7 +134,7 @@ def load_engine(args):
     # `serve` decodes through its own scheduler and takes no speculation flags (yet).
     spec = spec_from_args(args) if hasattr(args, "speculative") else None  # validated before the slow load
     return Engine.load(args.model, device=args.device, dtype=args.dtype, runner=args.runner, spec=spec,
-                       tp=args.tp)
+                       tp=args.tp, tp_allreduce=args.tp_allreduce)
 
 
 def refuse_tp(args, command: str):

@@ -19,7 +19,8 @@ from sonic.errors import SonicError
 
 # name -> (module, class); GPU-only implementations are imported lazily.
 COMMUNICATORS = {"ordered": ("sonic.dist.allreduce", "TorchCommunicator"),
-                 "native": ("sonic.dist.allreduce", "TorchCommunicator")}
+                 "native": ("sonic.dist.allreduce", "TorchCommunicator"),
+                 "one-shot": ("sonic.dist.one_shot", "OneShotCommunicator")}
 
 # NVLink multicast stays off everywhere: set before any process group or NCCL communicator exists.
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -64,14 +65,17 @@ class TorchCommunicator:
         dist.broadcast(x, src)
         return x
 
+    def check(self):
+        """Raise if a collective failed without raising (device-side ones); torch.distributed raises itself."""
 
-def make_communicator(name: str = "ordered"):
+
+def make_communicator(name: str = "ordered", timeout_s: float = 60.0):
     try:
         module, cls = COMMUNICATORS[name]
     except KeyError:
         raise SonicError(f"unknown all-reduce '{name}': choose one of {', '.join(COMMUNICATORS)}") from None
     impl = getattr(importlib.import_module(module), cls)
-    return impl(name) if impl is TorchCommunicator else impl()
+    return impl(name) if impl is TorchCommunicator else impl(name, timeout_s=timeout_s)
 
 
 def init_group(rank: int, world: int, port: int, device: str, timeout_s: float):

@@ -34,12 +34,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_tp_request(model: str | None, world: int, device: str):
+def check_tp_request(model: str | None, world: int, device: str, allreduce: str = "ordered"):
     """User errors before anything starts: a bad count, too few GPUs, a model that does not split."""
+    from sonic.dist.allreduce import COMMUNICATORS
     from sonic.dist.tp import check_tp
     from sonic.spec.draft import model_config
     if world < 1:
         raise SonicError(f"invalid --tp {world}: use 1 (one device) or more")
+    if allreduce not in COMMUNICATORS:
+        raise SonicError(f"unknown --tp-allreduce '{allreduce}': choose one of {', '.join(COMMUNICATORS)}")
+    if allreduce == "one-shot" and not device.startswith("cuda"):
+        raise SonicError("--tp-allreduce one-shot runs on GPUs: add --device cuda, or use ordered")
     if device.startswith("cuda") and world > torch.cuda.device_count():
         raise SonicError(f"--tp {world} needs {world} GPUs but {torch.cuda.device_count()} are visible: "
                          f"lower --tp or check CUDA_VISIBLE_DEVICES")

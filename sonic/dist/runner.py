@@ -36,6 +36,7 @@ class ShardRunner(ReferenceRunner):
             if not keep_going():
                 return
             token = self.sampler(self.decode(torch.tensor(token, device=self.device)), sampling, gen)
+            self.comm.check()  # cheap here: the sampler has synced already
             yield token
 
     def full_logits(self, local: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,7 @@ def join_and_build(options: WorkerOptions, rank: int, loaded):
 
     device = rank_device(options.device, rank)
     init_group(rank, options.world, options.port, device, options.timeout_s)
-    comm = make_communicator(options.allreduce)
+    comm = make_communicator(options.allreduce, options.timeout_s)
     plan = ShardPlan(loaded.config, rank, options.world)
     model = build_shard(plan, loaded.state_dict, comm, getattr(torch, options.dtype), device)
     return ShardRunner(model, plan, comm)

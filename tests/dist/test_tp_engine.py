@@ -128,6 +128,7 @@ def assert_user_error(capsys, argv, *words):
     (["--tp", "0"], ["invalid --tp 0"]),
     (["--tp", "2", "--speculative", "ngram"], ["--speculative is not supported yet with --tp"]),
     (["--tp", "2", "--runner", "graph"], ["--runner graph is not supported yet with --tp"]),
+    (["--tp", "2", "--tp-allreduce", "one-shot"], ["--tp-allreduce one-shot runs on GPUs", "--device cuda"]),
 ])
 def test_bad_tp_flags(tiny_chat_model_dir, capsys, flags, words):
     assert_user_error(capsys, ["generate", "hi", "--model", str(tiny_chat_model_dir), *flags], *words)

@@ -43,10 +43,14 @@ def _entry(results, fn, rank, world, port, args):
         results.put((rank, RuntimeError(f"rank {rank}: {type(e).__name__}: {e}")))
 
 
-def shard_checks(rank: int, world: int, port: int, configs: dict, seed: int) -> dict:
+def shard_checks(rank: int, world: int, port: int, configs: dict, seed: int,
+                 device: str = "cpu", allreduce: str = "ordered") -> dict:
     """Per config: teacher-forced logits, decode-step logits and greedy tokens of the sharded model."""
-    init_group(rank, world, port, "cpu", timeout_s=30)
-    comm = make_communicator("ordered")
+    if device == "cuda":
+        device = f"cuda:{rank}"
+        torch.cuda.set_device(device)
+    init_group(rank, world, port, device, timeout_s=30)
+    comm = make_communicator(allreduce)
     out = {}
     for name, config in configs.items():
         problem = tp_problem(config, world)
@@ -54,13 +58,15 @@ def shard_checks(rank: int, world: int, port: int, configs: dict, seed: int) -> 
             out[name] = problem
             continue
         plan = ShardPlan(config, rank, world)
-        runner = ShardRunner(build_shard(plan, random_state_dict(config, seed=seed), comm), plan, comm)
+        state = random_state_dict(config, seed=seed)
+        runner = ShardRunner(build_shard(plan, state, comm, device=device), plan, comm)
         ids = torch.randint(0, config.vocab_size, (PROMPT_LEN + DECODE_STEPS,),
                             generator=torch.Generator().manual_seed(seed)).tolist()
-        forced = runner.full_logits(runner.forward_all(ids))
+        forced = runner.full_logits(runner.forward_all(ids)).cpu()
         runner.reserve(len(ids))
         steps = [runner.full_logits(runner.prefill(ids[:PROMPT_LEN]))]
-        steps += [runner.full_logits(runner.decode(torch.tensor(t))) for t in ids[PROMPT_LEN:-1]]
+        steps += [runner.full_logits(runner.decode(torch.tensor(t, device=device))) for t in ids[PROMPT_LEN:-1]]
+        steps = [s.cpu() for s in steps]
         greedy = list(runner.generate(ids[:PROMPT_LEN], GREEDY_TOKENS, SamplingParams()))
         sampled = list(runner.generate(ids[:PROMPT_LEN], GREEDY_TOKENS,
                                        SamplingParams(temperature=1.0, top_k=20, seed=seed)))
