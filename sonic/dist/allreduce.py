@@ -26,6 +26,17 @@ COMMUNICATORS = {"ordered": ("sonic.dist.allreduce", "TorchCommunicator"),
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
+class CollectiveError(RuntimeError):
+    """A collective failed: a peer timed out or went away (torch.distributed raises plain RuntimeError)."""
+
+
+def _collective(op, *args):
+    try:
+        return op(*args)
+    except RuntimeError as e:
+        raise CollectiveError(str(e)) from e
+
+
 class TorchCommunicator:
     """all_reduce / all_gather / broadcast over the default torch.distributed process group."""
 
@@ -44,7 +55,7 @@ class TorchCommunicator:
             return x
         if self.mode == "native":
             out = x.contiguous().clone()
-            dist.all_reduce(out)
+            _collective(dist.all_reduce, out)
             return out
         parts = self.all_gather(x)
         total = parts[0].float()
@@ -56,13 +67,13 @@ class TorchCommunicator:
         """[world, *x.shape]: every rank's x, in rank order."""
         out = torch.empty((self.world, *x.shape), dtype=x.dtype, device=x.device)
         if x.is_cuda:
-            dist.all_gather_into_tensor(out, x.contiguous())
+            _collective(dist.all_gather_into_tensor, out, x.contiguous())
         else:  # gloo has no all_gather_into_tensor
-            dist.all_gather(list(out.unbind(0)), x.contiguous())
+            _collective(dist.all_gather, list(out.unbind(0)), x.contiguous())
         return out
 
     def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
-        dist.broadcast(x, src)
+        _collective(dist.broadcast, x, src)
         return x
 
     def check(self):

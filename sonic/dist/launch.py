@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from sonic.dist.allreduce import NO_MULTICAST_ENV
+from sonic.dist.allreduce import NO_MULTICAST_ENV, CollectiveError
 from sonic.dist.worker import WorkerOptions, join_and_build, load_state, worker_main
 from sonic.engine.sampling import SamplingParams
 from sonic.errors import SonicError
@@ -160,7 +160,7 @@ class TPRunner:
             if produced < max_tokens and not self.closed:  # the workers wait on the next step's flag
                 self._send_flag(0)
             raise
-        except RuntimeError:  # gloo/NCCL: a peer timed out or went away
+        except CollectiveError:  # a peer timed out or went away
             raise SonicError(self._fail()) from None
         except BaseException:  # Ctrl-C mid-step: the ranks are out of step, so stop them all
             self.close(wait_s=1.0)
@@ -174,7 +174,7 @@ class TPRunner:
         self._flag.fill_(value)
         try:
             self.shard.comm.broadcast(self._flag, 0)
-        except RuntimeError:
+        except CollectiveError:
             raise SonicError(self._fail()) from None
 
     def _fail(self) -> str:
