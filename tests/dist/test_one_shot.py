@@ -103,3 +103,19 @@ def test_tp2_matches_the_reference_on_two_gpus(allreduce):
         np.testing.assert_allclose(got["steps"], steps.numpy(), rtol=0, atol=1e-3)
         assert got["greedy"] == greedy
         assert np.array_equal(results[1][name]["forced"], got["forced"])
+
+
+@pytest.mark.multi_gpu
+@pytest.mark.parametrize("allreduce", ["ordered", "one-shot"])
+def test_engine_tp2_on_gpus_decodes_like_one_gpu(tiny_chat_model_dir, allreduce):
+    """Greedy tokens of `--tp 2 --device cuda` against one GPU, up to 1,000 steps in two requests."""
+    from sonic.engine.generate import Engine
+    from sonic.engine.sampling import SamplingParams
+    single = Engine.load(str(tiny_chat_model_dir), device="cuda", dtype="float32", runner="ref")
+    engine = Engine.load(str(tiny_chat_model_dir), device="cuda", dtype="float32", tp=2, tp_allreduce=allreduce)
+    try:
+        for prompt in ([1, 2, 3], [5, 8, 13, 21]):
+            assert list(engine.generate_ids(prompt, 500, SamplingParams())) == \
+                list(single.generate_ids(prompt, 500, SamplingParams()))
+    finally:
+        engine.close()

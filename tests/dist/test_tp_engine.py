@@ -115,6 +115,40 @@ def test_cli_tp2_prints_what_tp1_prints(tiny_chat_model_dir, capsys):
     assert "tok/s" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_ctrl_c_stops_rank0_and_its_workers(tiny_chat_model_dir):
+    argv = ["generate", "Once", "--model", str(tiny_chat_model_dir), "--max-tokens", "480", "--raw", "--tp", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "sonic", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+                            start_new_session=True,  # its own process group, as a terminal's job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout.read(20)  # streaming: both ranks are mid-request
+        workers = children(proc.pid)
+        assert workers
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: to every process of the group
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err and "leaked" not in err, err
+    deadline = time.monotonic() + 10
+    while any(running(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(running(p) for p in workers)
+
+
 def assert_user_error(capsys, argv, *words):
     assert main(argv) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
