@@ -119,3 +119,14 @@ def test_engine_tp2_on_gpus_decodes_like_one_gpu(tiny_chat_model_dir, allreduce)
                 list(single.generate_ids(prompt, 500, SamplingParams()))
     finally:
         engine.close()
+
+
+def test_allreduce_benchmark_reports_every_communicator(capsys):
+    """The benchmark's plumbing on CPU (gloo, eager calls); on GPUs it times CUDA graphs of calls."""
+    from sonic.dist.bench_allreduce import main
+    assert main(["--device", "cpu", "--dtype", "float32", "--sizes", "64", "256", "--calls", "2",
+                 "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "native" in lines[1] and "ordered" in lines[1]
+    assert [line.split()[0] for line in lines[2:]] == ["64", "256"]
+    assert all(line.count("us") == 2 for line in lines[2:])
