@@ -27,6 +27,15 @@ def add_model_args(p: argparse.ArgumentParser):
     p.add_argument("--runner", default="auto",
                    help="decode path: graph (fused kernels + CUDA graph), ref (eager PyTorch); "
                         "auto = graph on cuda, ref on cpu")
+    add_tp_arg(p)
+
+
+def add_tp_arg(p: argparse.ArgumentParser):
+    p.add_argument("--tp", type=int, default=1, metavar="N",
+                   help="tensor parallel over N devices, one process each (default: 1)")
+    p.add_argument("--tp-allreduce", default="ordered", choices=["ordered", "native", "one-shot"],
+                   help="with --tp: ordered (torch.distributed, summed in rank order: the same bits on every "
+                        "rank), native (NCCL's own) or one-shot (one kernel over NVLink) (default: ordered)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser):
@@ -84,6 +93,7 @@ def build_parser() -> ArgumentParser:
     bench.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     bench.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     bench.add_argument("--runner", default="auto", help="runner to measure (auto = graph on cuda)")
+    add_tp_arg(bench)
     bench.add_argument("--compare", action="append", default=[], metavar="RUNNER",
                        help="also measure this runner, e.g. ref (repeatable)")
     bench.add_argument("--prompt-tokens", type=int, default=128)
@@ -125,7 +135,14 @@ def spec_from_args(args):
 def load_engine(args):
     from sonic.engine.generate import Engine
     spec = spec_from_args(args)  # validated before the slow load
-    return Engine.load(args.model, device=args.device, dtype=args.dtype, runner=args.runner, spec=spec)
+    return Engine.load(args.model, device=args.device, dtype=args.dtype, runner=args.runner, spec=spec,
+                       tp=args.tp, tp_allreduce=args.tp_allreduce)
+
+
+def refuse_tp(args, command: str):
+    if args.tp != 1:
+        raise SonicError(f"sonic {command} is not supported yet with --tp {args.tp}: "
+                         f"use sonic generate or sonic chat with --tp, or drop --tp")
 
 
 def messages_for(prompt: str, system: str | None) -> list[dict]:
@@ -144,7 +161,10 @@ def cmd_generate(args) -> int:
     else:
         ids = tok.encode_chat(messages_for(prompt, args.system))
     from sonic.chat import print_stream
-    print_stream(engine.stream(ids, args.max_tokens, sampling, args.stop))
+    try:
+        print_stream(engine.stream(ids, args.max_tokens, sampling, args.stop))
+    finally:
+        engine.close()
     sys.stderr.write(engine.last_stats.summary() + "\n")
     return 0
 
@@ -153,11 +173,15 @@ def cmd_chat(args) -> int:
     from sonic.chat import run_chat
     sampling = sampling_from_args(args)
     engine = load_engine(args)
-    return run_chat(engine, sampling, args.max_tokens, args.stop, args.system)
+    try:
+        return run_chat(engine, sampling, args.max_tokens, args.stop, args.system)
+    finally:
+        engine.close()
 
 
 def cmd_bench(args) -> int:
     from sonic.bench.run import format_table, result_path, run_bench, write_json
+    refuse_tp(args, "bench")
     if args.tasks:
         return cmd_bench_tasks(args)
     if args.preset is None and args.model is None:
@@ -204,6 +228,7 @@ def cmd_bench_tasks(args) -> int:
 
 def cmd_serve(args) -> int:
     from sonic.server.cli import serve
+    refuse_tp(args, "serve")
     return serve(args)
 
 

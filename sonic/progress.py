@@ -5,10 +5,20 @@ import sys
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+_enabled = True
+
+
+def disable():
+    """No bars in this process (tensor-parallel workers: rank 0 shows the one bar)."""
+    global _enabled
+    _enabled = False
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
     """Wrap `items` in a tqdm bar on stderr, shown only after one second (so quick loads stay quiet)."""
+    if not _enabled:
+        yield from items
+        return
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is a dependency, but loading must not fail without it

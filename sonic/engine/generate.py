@@ -75,7 +75,10 @@ class Engine:
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "cpu", dtype: str = "auto",
-             runner: str = "auto", spec: "SpecConfig | None" = None) -> "Engine":
+             runner: str = "auto", spec: "SpecConfig | None" = None, tp: int = 1,
+             tp_timeout_s: float | None = None, tp_allreduce: str = "ordered") -> "Engine":
+        if tp != 1:
+            return cls.load_tp(model, device, dtype, runner, spec, tp, tp_timeout_s, tp_allreduce)
         from sonic.models.registry import build_model
         from sonic.engine.runners import make_runner
         from sonic.weights.loader import load_weights
@@ -93,6 +96,29 @@ class Engine:
             from sonic.spec.speculator import Speculator
             engine.speculator = Speculator.build(spec, engine.runner, ecfg.torch_dtype, device, ecfg.runner)
         return engine
+
+    @classmethod
+    def load_tp(cls, model, device, dtype, runner, spec, tp: int, timeout_s: float | None,
+                allreduce: str = "ordered") -> "Engine":
+        """`tp` ranks, one process each; this process is rank 0 (see sonic/dist/launch.py)."""
+        from sonic.dist.launch import DEFAULT_TIMEOUT_S, TPRunner, check_tp_request
+
+        device = resolve_device(device)
+        if runner not in ("auto", "ref"):
+            raise SonicError(f"--runner {runner} is not supported yet with --tp: leave --runner at auto")
+        if spec is not None and spec.on:
+            raise SonicError("--speculative is not supported yet with --tp: drop one of them")
+        check_tp_request(model, tp, device, allreduce)  # before any process starts
+        ecfg = EngineConfig(device=device, dtype=resolve_dtype(dtype, device), runner="tp")
+        tp_runner, loaded = TPRunner.start(model, tp, device, ecfg.dtype, timeout_s or DEFAULT_TIMEOUT_S,
+                                           allreduce)
+        return cls(loaded.config, tp_runner, loaded.tokenizer, ecfg)
+
+    def close(self):
+        """Release what outlives a request (tensor-parallel worker processes)."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
 
     def text_tokenizer(self):
         """The tokenizer, or a user error for a model folder that ships none."""
