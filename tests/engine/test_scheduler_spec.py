@@ -11,17 +11,9 @@ from sonic.engine.sampling import SamplingParams
 from sonic.engine.scheduler import Scheduler
 from sonic.spec.loop import SpecStats
 from sonic.spec.speculator import SpecConfig
+from threads import single_thread  # noqa: F401  (autouse: one torch thread)
 
 MAX_TOKENS = 40
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run many small ops: one thread avoids paying thread wake-ups on each of them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

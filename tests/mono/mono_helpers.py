@@ -12,6 +12,7 @@ from sonic.mono.instructions import Tiling
 from sonic.mono.pyvm import MonoVM
 from sonic.mono.schedule import list_schedule
 from sonic.weights.random import random_state_dict
+from threads import single_thread  # noqa: F401  (autouse: one torch thread)
 
 # Direct residual adds with one head per QKV tile; and split-K, two heads per tile, odd tile sizes.
 TILINGS = {
@@ -57,10 +58,3 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got - want).abs().max() / want.abs().max()).item()
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run many small ops: one thread avoids paying thread wake-ups on each of them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -10,18 +10,10 @@ from sonic.engine.generate import Engine
 from sonic.server.cli import check_speculation, serve_runner, settings_from_args
 
 from test_serve_cli import one_line_error
+from threads import single_thread  # noqa: F401  (autouse: one torch thread)
 
 MAX_TOKENS = 40
 SPEC_KEYS = ("draft_tokens", "accepted_tokens", "verification_steps", "mean_accepted_length")
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run many small ops: one thread avoids paying thread wake-ups on each of them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def serve_args(*flags):

@@ -9,15 +9,7 @@ from sonic.engine.sampling import sample
 from sonic.models.registry import build_model
 from sonic.spec.proposer import Proposal
 from sonic.weights.random import random_state_dict
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run many small ops: one thread avoids paying thread wake-ups on each of them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from threads import single_thread  # noqa: F401  (autouse: one torch thread)
 
 
 def tiny_runner(config, seed: int = 1, noise: float = 0.0, base_seed: int | None = None) -> ReferenceRunner:
