@@ -83,7 +83,7 @@ def main(presets, only: str | None = None):
             continue
         rows = 2 * n if silu else n
         mb = rows * k * 2 / 1e6
-        base = matvec_config(1, n, k, silu_mul=silu, norm=norm)
+        base = matvec_config(1, n, k, silu_mul=silu)
         ws = weights(n, k, silu)
         results = [(time_config(ws, n, k, silu, norm, None), base)]
         for cfg in candidates(n, k, silu):

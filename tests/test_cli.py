@@ -138,6 +138,11 @@ def test_bench_needs_a_model(capsys):
     assert_user_error(code, err, "--preset", "--model")
 
 
+def test_bench_verify_cost_out_of_range(capsys):
+    code, _, err = run(capsys, "bench", "--preset", "smollm2-135m", "--device", "cpu", "--verify-cost", "17")
+    assert_user_error(code, err, "--verify-cost 17", "1 to 16")
+
+
 def test_unsupported_quantisation_type(capsys, tmp_path):
     import numpy as np
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q

@@ -14,11 +14,12 @@ from sonic.engine.packed import pack_model
 from sonic.engine.runner_ref import ReferenceRunner
 from sonic.engine.sampling import SamplingParams, filter_logits, sample
 from sonic.errors import SonicError
+from sonic.kernels.triton import MAX_ROWS
 from sonic.models.llama import LlamaModel
 from sonic.models.rope import rope_tables
 
 DEFAULT_MAX_LEN = 8192   # cache length when the model's context is longer
-MAX_QUERY_TOKENS = 16    # rows one step can verify (speculative decoding)
+MAX_QUERY_TOKENS = MAX_ROWS  # rows one step can verify (speculative decoding)
 QUEUE_AHEAD = 2          # steps kept queued on the GPU while the host reads tokens
 
 

@@ -142,7 +142,7 @@ def test_argmax_partials(m, config):
     x = torch.randn(m, k, device=DEVICE)
     w = torch.randn(n, k, device=DEVICE)
     w[40] = w[41] = w[45]  # equal logits inside a tile: the lowest index wins
-    cfg = config or matvec_config(m, n, k, norm=True, elem_bytes=4, argmax=True)
+    cfg = config or matvec_config(m, n, k, elem_bytes=4, argmax=True)
     tiles = num_tiles(n, cfg)
     vals = torch.full((m, tiles), float("nan"), device=DEVICE)
     idxs = torch.full((m, tiles), -1, dtype=torch.int32, device=DEVICE)
@@ -173,12 +173,12 @@ SHAPES = [(3072, 2048, False), (2048, 2048, False), (8192, 2048, True), (2048, 8
 @pytest.mark.parametrize("m", [1, 2, 4, 9, 16])
 @pytest.mark.parametrize("n,k,silu", SHAPES)
 def test_config_fills_the_gpu(m, n, k, silu):
-    cfg = matvec_config(m, n, k, silu_mul=silu, norm=True)
+    cfg = matvec_config(m, n, k, silu_mul=silu)
     for b in (cfg.block_n, cfg.block_k):
         assert b & (b - 1) == 0
     assert cfg.block_k <= max(64, 1 << (k - 1).bit_length())
     if n >= 32768:
-        assert num_tiles(n, matvec_config(m, n, k, norm=True, argmax=True)) <= MAX_ARGMAX_TILES
+        assert num_tiles(n, matvec_config(m, n, k, argmax=True)) <= MAX_ARGMAX_TILES
     programs = -(-n // (cfg.block_n * cfg.group))
     assert programs >= min(2 * 132, -(-n // cfg.block_n))  # many programs per SM hide the latency
 
@@ -207,7 +207,7 @@ def _one_row_at_a_time(t, m, **opts):
 
 
 def opts_config(m, t):
-    return matvec_config(m, t["n"], t["k"], silu_mul=t["silu"], norm=True, elem_bytes=t["w"].element_size())
+    return matvec_config(m, t["n"], t["k"], silu_mul=t["silu"], elem_bytes=t["w"].element_size())
 
 
 @pytest.mark.parametrize("m", [2, 3, 5, 9, 16])

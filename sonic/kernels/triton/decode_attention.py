@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sonic.kernels.triton import MAX_ROWS
 from sonic.kernels.triton.pdl import launch_options, pdl_prologue
 from sonic.kernels.triton.qkv_rope import load_rope_heads, qkv_rope_cache_ref, rope_at
 from triton.runtime.interpreter import InterpretedFunction
@@ -32,7 +33,6 @@ from triton.runtime.interpreter import InterpretedFunction
 BLOCK_S = 64          # keys per tile
 NUM_STAGES = 3        # key tiles in flight per program
 MAX_SPLITS = 16       # more splits only lengthen the merge at the contexts a step sees
-MAX_ROWS = 16         # query rows per launch
 COMBINE_ELEMS = 8192  # float32 partials one program holds at once while merging
 _LOG2E = 1.4426950408889634
 _H100_SMS = 132

@@ -153,7 +153,7 @@ def lm_head_argmax(x, w, logits, out_ids, *, norm_weight, eps, advance=None):
     from sonic.kernels.triton.matvec import fused_matvec, matvec_config, num_tiles
 
     m, v = logits.shape
-    cfg = matvec_config(m, v, w.shape[1], norm=True, elem_bytes=w.element_size(), argmax=True)
+    cfg = matvec_config(m, v, w.shape[1], elem_bytes=w.element_size(), argmax=True)
     partials = _workspace(m, num_tiles(v, cfg), logits.device, "lm_head")
     fused_matvec(x, w, logits, norm_weight=norm_weight, eps=eps, argmax_partials=partials, config=cfg)
     return reduce_argmax(*partials, out_ids, advance=advance)

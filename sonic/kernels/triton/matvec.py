@@ -22,11 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
+from sonic.kernels.triton import MAX_ROWS
 from sonic.kernels.triton.pdl import launch_options, pdl_prologue
 
 _H100_SMS = 132
 _TILE_BYTES = 16384  # weight bytes per program per K step for the huge LM head (M = 1)
-MAX_ROWS = 16        # query rows per launch
 MAX_ARGMAX_TILES = 16384  # argmax partials per row the LM head may leave for the final reduction
 # M > 1: weight rows per program, as a multiple of the M = 1 tile, so that each query row's input is
 # prepared (loaded, normalised) once for more weight rows. Wider tiles never change the per-row sums.
@@ -48,8 +48,8 @@ def block_rows(m: int) -> int:
     return triton.next_power_of_2(m)
 
 
-def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, norm: bool = False,
-                  elem_bytes: int = 2, argmax: bool = False) -> MatvecConfig:
+def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, elem_bytes: int = 2,
+                  argmax: bool = False) -> MatvecConfig:
     """Block sizes for M rows, N output columns (I for silu_mul) and K inputs (M = 1 timed on an H100
     with scripts/tune_matvec.py).
 
@@ -58,7 +58,6 @@ def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, norm: bool 
     (the LM head), tiles stay wide enough that the per-tile partials are few.
     BLOCK_K and the warps depend on N and K only, never on M: they fix each row's summation order.
     M > 1 widens the tile (WIDE_ROWS) while the grid still fills the GPU twice over."""
-    del norm  # the statistics cost the same per row whatever the tile
     tiles = 2 if silu_mul else 1
     block_k = min(triton.next_power_of_2(K), 2048)
     budget = _TILE_BYTES if N >= 32768 else _TILE_BYTES // 2
@@ -300,7 +299,7 @@ def fused_matvec(x, w, out, *, norm_weight=None, eps=1e-6, bias=None, residual=N
         raise ValueError("gather must be 'x' or 'residual'")
     x_gather = index is not None and gather == "x"
     m, n, k = _check(x, w, out, norm_weight, bias, residual, silu_mul, index, x_gather, argmax_partials)
-    cfg = config or matvec_config(m, n, k, silu_mul=silu_mul, norm=norm_weight is not None,
+    cfg = config or matvec_config(m, n, k, silu_mul=silu_mul,
                                  elem_bytes=w.element_size(), argmax=argmax_partials is not None)
     if argmax_partials is not None and argmax_partials[0].shape != (m, num_tiles(n, cfg)):
         raise ValueError(f"argmax partials must be [{m}, {num_tiles(n, cfg)}]")
