@@ -93,6 +93,11 @@ def git_commit() -> str:
         return "unknown"
 
 
+def matvec_setting() -> str:
+    from sonic.kernels.matvec_backend import choice
+    return choice()
+
+
 def pdl_setting() -> str:
     from sonic.kernels.triton.pdl import DEFAULT
     return os.environ.get("SONIC_PDL", DEFAULT)
@@ -119,7 +124,7 @@ def run_bench(args) -> dict:
     results = [bench_runner(r, model, prompt, args, bandwidth) for r in runners]
     return {**report_header(name, device, dtype),
             "bandwidth_GBps": bandwidth / 1e9, "context": prompt_len + args.output_tokens,
-            "options": {"SONIC_PDL": pdl_setting()},
+            "options": {"SONIC_PDL": pdl_setting(), "SONIC_MATVEC": matvec_setting()},
             "results": results}
 
 

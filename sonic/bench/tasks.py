@@ -95,7 +95,7 @@ def summarise(runs: dict, categories: list[str], names: list[str]) -> list[dict]
 
 
 def run_tasks(args) -> dict:
-    from sonic.bench.run import report_header
+    from sonic.bench.run import matvec_setting, report_header
     from sonic.engine.generate import Engine
     from sonic.weights.loader import resolve_model_path
 
@@ -117,7 +117,7 @@ def run_tasks(args) -> dict:
         "benchmark": "tasks", "runner": engine.engine_config.runner, "proposer": proposer.name,
         "options": {"max_tokens": args.output_tokens, "repeats": args.repeats, "prompts_per_task": args.prompts,
                     "spec_max_tokens": args.spec_max_tokens, "fixed_k": args.fixed_k,
-                    "draft_model": args.draft_model},
+                    "draft_model": args.draft_model, "SONIC_MATVEC": matvec_setting()},
         "verify_cost": list(setups["auto"].policy.costs.verify_steps),
         "draft_cost": setups["auto"].policy.costs.draft_step,
         "results": summarise(runs, list(prompts), list(setups)),

@@ -14,6 +14,7 @@ from sonic.engine.packed import pack_model
 from sonic.engine.runner_ref import ReferenceRunner
 from sonic.engine.sampling import SamplingParams, filter_logits, sample
 from sonic.errors import SonicError
+from sonic.kernels.matvec_backend import Matvec
 from sonic.kernels.triton import MAX_ROWS
 from sonic.models.llama import LlamaModel
 from sonic.models.rope import rope_tables
@@ -69,49 +70,47 @@ class GraphRunner(ReferenceRunner):
         self.step_counter = torch.zeros(1, dtype=torch.long, device=dev)
         self.host_tokens = torch.zeros(QUEUE_AHEAD + 1, dtype=torch.long, pin_memory=self.device.type == "cuda")
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self.matvec = Matvec()  # Triton or the CUDA tensor-core kernel (SONIC_MATVEC), for every step
 
     # ---- one step of the fused path (eager; also what the graph captures) ----
     def _layers(self, m: int) -> torch.Tensor:
         """The residual stream [m, H] after every layer for tokens[:m] at positions[:m]; writes their
         K/V into the cache. Layer 0 reads the embedding rows in place (no gather launch)."""
         from sonic.kernels.triton.decode_attention import decode_attention
-        from sonic.kernels.triton.matvec import fused_matvec
 
-        c, p = self.config, self.packed
+        c, p, mv = self.config, self.packed, self.matvec
         h, qkv, attn, act = self.h[:m], self.qkv[:m], self.attn[:m], self.act[:m]
         pos, tokens = self.positions[:m], self.tokens[:m]
         eps = c.rms_norm_eps
         for i, layer in enumerate(p.layers):
             k_cache, v_cache = self.cache.k[i, 0], self.cache.v[i, 0]
             first = i == 0
-            fused_matvec(p.embed if first else h, layer.w_qkv, qkv, norm_weight=layer.attn_norm, eps=eps,
-                         bias=layer.b_qkv, index=tokens if first else None)
+            mv(p.embed if first else h, layer.w_qkv, qkv, norm_weight=layer.attn_norm, eps=eps,
+               bias=layer.b_qkv, index=tokens if first else None)
             decode_attention(qkv, pos, self.cos, self.sin, k_cache, v_cache, attn, num_heads=c.num_attention_heads,
                              num_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, sm_scale=c.head_dim ** -0.5,
                              num_splits=self.num_splits, q_norm_weight=layer.q_norm, k_norm_weight=layer.k_norm,
                              eps=eps, sliding_window=c.sliding_window)
-            fused_matvec(attn.view(m, c.q_size), layer.w_o, h, residual=p.embed if first else h,
-                         index=tokens if first else None, gather="residual")
-            fused_matvec(h, layer.w_gate_up, act, norm_weight=layer.mlp_norm, eps=eps, silu_mul=True)
-            fused_matvec(act, layer.w_down, h, residual=h)
+            mv(attn.view(m, c.q_size), layer.w_o, h, residual=p.embed if first else h,
+               index=tokens if first else None, gather="residual")
+            mv(h, layer.w_gate_up, act, norm_weight=layer.mlp_norm, eps=eps, silu_mul=True)
+            mv(act, layer.w_down, h, residual=h)
         return h
 
     def forward_step(self, m: int) -> torch.Tensor:
         """Logits [m, V] for tokens[:m] at positions[:m]; writes their K/V into the cache."""
-        from sonic.kernels.triton.matvec import fused_matvec
-
         logits = self.logits[:m]
-        fused_matvec(self._layers(m), self.packed.lm_head, logits, norm_weight=self.packed.final_norm,
+        self.matvec(self._layers(m), self.packed.lm_head, logits, norm_weight=self.packed.final_norm,
                      eps=self.config.rms_norm_eps)
         return logits
 
     def _decode_step(self, sampling: SamplingParams):
         """One captured step: forward, choose the next token on the GPU; the choosing launch also
         advances the position (and the RNG step)."""
-        from sonic.kernels.triton.lm_head_sample import gumbel_argmax, lm_head_argmax
+        from sonic.kernels.triton.lm_head_sample import gumbel_argmax
 
         if sampling.greedy:
-            lm_head_argmax(self._layers(1), self.packed.lm_head, self.logits[:1], self.tokens[:1],
+            self.matvec.lm_head_argmax(self._layers(1), self.packed.lm_head, self.logits[:1], self.tokens[:1],
                            norm_weight=self.packed.final_norm, eps=self.config.rms_norm_eps,
                            advance=self.positions[:1])
         else:

@@ -44,9 +44,8 @@ class VerifyGraphs:
 
     def _step(self, m: int):
         # The LM head picks each row's token in its own epilogue, as the plain decode step does.
-        from sonic.kernels.triton.lm_head_sample import lm_head_argmax
         r = self.runner
-        lm_head_argmax(r._layers(m), r.packed.lm_head, r.logits[:m], self.ids[:m], norm_weight=r.packed.final_norm,
+        r.matvec.lm_head_argmax(r._layers(m), r.packed.lm_head, r.logits[:m], self.ids[:m], norm_weight=r.packed.final_norm,
                        eps=r.config.rms_norm_eps)
 
     def _graph(self, m: int) -> torch.cuda.CUDAGraph:

@@ -146,16 +146,22 @@ def gumbel_argmax(logits, seed, step, out_ids, *, advance=None):
     return _launch(logits, seed, step, out_ids, gumbel=True, advance=advance)
 
 
-def lm_head_argmax(x, w, logits, out_ids, *, norm_weight, eps, advance=None):
+def lm_head_argmax(x, w, logits, out_ids, *, norm_weight, eps, advance=None, use_cuda=False):
     """Greedy token choice fused into the LM head: logits = RMSNorm(x) @ w.T (float32 [M, V], kept for
     callers that want them), each output tile leaves argmax partials, and one small launch picks the
-    token (and advances the position). Two launches instead of three."""
+    token (and advances the position). Two launches instead of three. use_cuda: the LM head runs on
+    the CUDA tensor-core matvec (kernels/cuda/matvec.py), which tiles the vocabulary its own way."""
     from sonic.kernels.triton.matvec import fused_matvec, matvec_config, num_tiles
 
     m, v = logits.shape
-    cfg = matvec_config(m, v, w.shape[1], elem_bytes=w.element_size(), argmax=True)
-    partials = _workspace(m, num_tiles(v, cfg), logits.device, "lm_head")
-    fused_matvec(x, w, logits, norm_weight=norm_weight, eps=eps, argmax_partials=partials, config=cfg)
+    if use_cuda:
+        from sonic.kernels.cuda import matvec as cmv
+        partials = _workspace(m, cmv.num_tiles(v), logits.device, "lm_head_cuda")
+        cmv.matvec(x, w, logits, norm_weight=norm_weight, eps=eps, argmax_partials=partials)
+    else:
+        cfg = matvec_config(m, v, w.shape[1], elem_bytes=w.element_size(), argmax=True)
+        partials = _workspace(m, num_tiles(v, cfg), logits.device, "lm_head")
+        fused_matvec(x, w, logits, norm_weight=norm_weight, eps=eps, argmax_partials=partials, config=cfg)
     return reduce_argmax(*partials, out_ids, advance=advance)
 
 

@@ -1,0 +1,88 @@
+"""The few CUDA driver calls a precompiled kernel needs (ctypes, so no extension module is built):
+load a cubin, look up its kernels, launch one on torch's current stream (graph capture included),
+optionally as a programmatic dependent launch."""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6   # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8       # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+
+
+class _LaunchAttribute(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int),
+                ("value_pad", ctypes.c_char * 60)]
+
+
+class _LaunchConfig(ctypes.Structure):
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared_bytes", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttribute)),
+                ("num_attrs", ctypes.c_uint)]
+
+
+@functools.lru_cache(maxsize=None)
+def _lib():
+    return ctypes.CDLL("libcuda.so.1")
+
+
+def _check(result: int, what: str):
+    if result != 0:
+        msg = ctypes.c_char_p()
+        _lib().cuGetErrorString(result, ctypes.byref(msg))
+        raise RuntimeError(f"CUDA driver: {what} failed: {msg.value.decode() if msg.value else result}")
+
+
+def _ensure_context(device_index: int):
+    """torch's runtime uses the primary context; make it current on this thread for driver calls."""
+    ctx = ctypes.c_void_p()
+    _check(_lib().cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+    if not ctx.value:
+        torch.cuda.set_device(device_index)
+        torch.cuda.current_stream(device_index)  # initialises torch's context on this thread
+        dev = ctypes.c_int()
+        _check(_lib().cuDeviceGet(ctypes.byref(dev), device_index), "cuDeviceGet")
+        _check(_lib().cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
+        _check(_lib().cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+
+
+class Module:
+    """A loaded cubin on one device."""
+
+    def __init__(self, cubin: bytes, device_index: int):
+        _ensure_context(device_index)
+        self.device_index = device_index
+        self._image = ctypes.create_string_buffer(cubin, len(cubin))
+        self.handle = ctypes.c_void_p()
+        _check(_lib().cuModuleLoadData(ctypes.byref(self.handle), self._image), "cuModuleLoadData")
+        self._functions: dict[str, ctypes.c_void_p] = {}
+
+    def function(self, name: str, dynamic_smem: int = 0) -> ctypes.c_void_p:
+        if name not in self._functions:
+            fn = ctypes.c_void_p()
+            _check(_lib().cuModuleGetFunction(ctypes.byref(fn), self.handle, name.encode()),
+                   f"cuModuleGetFunction({name})")
+            self._functions[name] = fn
+        fn = self._functions[name]
+        if dynamic_smem > 48 * 1024:
+            _check(_lib().cuFuncSetAttribute(fn, _MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic_smem),
+                   f"cuFuncSetAttribute({name}, {dynamic_smem} bytes of shared memory)")
+        return fn
+
+
+def launch(fn: ctypes.c_void_p, grid: int, block: int, shared_bytes: int, params: ctypes.Structure,
+           device_index: int, pdl: bool):
+    """One launch of `fn(params)` on torch's current stream of the device."""
+    _ensure_context(device_index)
+    cfg = _LaunchConfig()
+    cfg.grid[:] = (grid, 1, 1)
+    cfg.block[:] = (block, 1, 1)
+    cfg.shared_bytes = shared_bytes
+    cfg.stream = torch.cuda.current_stream(device_index).cuda_stream
+    attr = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION, value=1)
+    cfg.attrs = ctypes.pointer(attr) if pdl else None
+    cfg.num_attrs = 1 if pdl else 0
+    args = (ctypes.c_void_p * 1)(ctypes.cast(ctypes.pointer(params), ctypes.c_void_p))
+    _check(_lib().cuLaunchKernelEx(ctypes.byref(cfg), fn, args, None), "cuLaunchKernelEx")
