@@ -37,6 +37,26 @@ def nvcc_flags(arch: str = ARCH) -> list[str]:
     return ["-std=c++17", "-O3", f"-arch={arch}", "--expt-relaxed-constexpr", "-I", str(HERE)]
 
 
+def _nvcc(source: str, out_name: str, extra: list[str], arch: str) -> tuple[bytes, str]:
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise BuildError("nvcc was not found: install the CUDA toolkit (or set CUDA_HOME) to build the CUDA kernels")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernels.cu"
+        src.write_text(source)
+        out = Path(tmp) / out_name
+        result = subprocess.run([nvcc, *nvcc_flags(arch), *extra, "-cubin", "-o", str(out), str(src)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BuildError(f"nvcc failed on the CUDA kernels:\n{result.stderr[-4000:]}")
+        return out.read_bytes(), result.stderr
+
+
+def ptxas_report(source: str, arch: str = ARCH) -> str:
+    """ptxas's resource report (registers, spills, stack) for every kernel of `source`."""
+    return _nvcc(source, "report.cubin", ["-Xptxas", "-v"], arch)[1]
+
+
 def compile_cubin(source: str, arch: str = ARCH) -> bytes:
     """The cubin of `source` (which may include headers beside this file), from the cache or nvcc."""
     headers = "".join(p.read_text() for p in sorted(HERE.glob("*.cuh")))
@@ -44,18 +64,7 @@ def compile_cubin(source: str, arch: str = ARCH) -> bytes:
     target = cache_dir() / f"{key.hexdigest()[:24]}.cubin"
     if target.exists():
         return target.read_bytes()
-    nvcc = nvcc_path()
-    if nvcc is None:
-        raise BuildError("nvcc was not found: install the CUDA toolkit (or set CUDA_HOME) to build the CUDA kernels")
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "kernels.cu"
-        src.write_text(source)
-        out = Path(tmp) / "kernels.cubin"
-        result = subprocess.run([nvcc, *nvcc_flags(arch), "-cubin", "-o", str(out), str(src)],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise BuildError(f"nvcc failed on the CUDA kernels:\n{result.stderr[-4000:]}")
-        data = out.read_bytes()
+    data = _nvcc(source, "kernels.cubin", [], arch)[0]
     part = target.with_suffix(f".{os.getpid()}.part")
     part.write_bytes(data)
     part.replace(target)  # atomic: concurrent builders never see half a file

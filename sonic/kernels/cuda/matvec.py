@@ -23,7 +23,6 @@ ROWS_PER_TILE = 16   # weight rows per tile: the 16-row side of the MMA
 WARPS = 8            # warps per block, splitting K by 32-wide chunks
 CHUNK = 32
 X_EARLY_MAX_K = 4096  # longer inputs are loaded where they are used (timed on an H200: the down projection)
-_SMS = 132  # H100 (the H200 has as many)
 _SMEM_LIMIT = 200 * 1024  # dynamic shared memory for the normalised rows (16 rows of K)
 
 
@@ -63,6 +62,10 @@ STANDARD = tuple(Flags(**kw) for kw in (
     dict(res=True, res_f32=True, out_f32=True, x_early=False),
     dict(norm=True, silu=True, x_f32=True), dict(norm=True, x_f32=True, argmax=True, out_f32=True),
     dict(norm=True, x_f32=True, out_f32=True)))
+
+
+def kernels_source(flags=STANDARD) -> str:
+    return '#include "tc_matvec.cuh"\n' + "".join(f.source() for f in flags)
 
 
 class _Params(ctypes.Structure):
@@ -120,8 +123,7 @@ class _Kernels:
     def function(self, flags: Flags, smem: int):
         if flags not in self.modules:
             wanted = STANDARD if flags in STANDARD else (*STANDARD, flags)
-            src = '#include "tc_matvec.cuh"\n' + "".join(f.source() for f in wanted)
-            module = driver.Module(build.compile_cubin(src), self.device_index)
+            module = driver.Module(build.compile_cubin(kernels_source(wanted)), self.device_index)
             for f in wanted:
                 self.modules[f] = module
         if smem > self.smem.get(flags, 48 * 1024):
