@@ -49,7 +49,12 @@ class Matvec:
         return fused_matvec(x, w, out, **kw)
 
     def lm_head_argmax(self, x, w, logits, out_ids, *, norm_weight, eps, advance=None):
-        from sonic.kernels.triton.lm_head_sample import lm_head_argmax
-        use_cuda = self._cuda(x, w, logits, dict(norm_weight=norm_weight))
-        return lm_head_argmax(x, w, logits, out_ids, norm_weight=norm_weight, eps=eps, advance=advance,
-                              use_cuda=use_cuda)
+        """The greedy LM head (see lm_head_sample.lm_head_argmax) on this backend."""
+        from sonic.kernels.triton.lm_head_sample import lm_head_argmax, reduce_argmax, workspace
+        if not self._cuda(x, w, logits, dict(norm_weight=norm_weight)):
+            return lm_head_argmax(x, w, logits, out_ids, norm_weight=norm_weight, eps=eps, advance=advance)
+        from sonic.kernels.cuda import matvec as cmv
+        m, v = logits.shape
+        partials = workspace(m, cmv.num_tiles(v), logits.device, "lm_head_cuda")
+        cmv.matvec(x, w, logits, norm_weight=norm_weight, eps=eps, argmax_partials=partials)
+        return reduce_argmax(*partials, out_ids, advance=advance)

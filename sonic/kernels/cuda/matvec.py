@@ -142,10 +142,10 @@ def _ptr(t) -> int | None:
 def matvec(x, w, out, *, norm_weight=None, eps=1e-6, bias=None, residual=None, silu_mul=False,
            index=None, gather="x", argmax_partials=None):
     """See kernels/triton/matvec.fused_matvec; argmax partials are [M, num_tiles(N)] here."""
-    from sonic.kernels.triton.matvec import _check
+    from sonic.kernels.triton.matvec import check_args
 
     x_gather = index is not None and gather == "x"
-    m, n, k = _check(x, w, out, norm_weight, bias, residual, silu_mul, index, x_gather, argmax_partials)
+    m, n, k = check_args(x, w, out, norm_weight, bias, residual, silu_mul, index, x_gather, argmax_partials)
     if index is not None and index.dtype != torch.int64:
         raise ValueError("the CUDA matvec gathers with an int64 index")
     tiles = num_tiles(n)

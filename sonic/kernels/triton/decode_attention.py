@@ -120,6 +120,20 @@ def _merge_splits(po_ptr, lse_ptr, out_ptr, kvh, row, first, n_used, stride_om, 
 
 
 @triton.jit
+def _tile_step(k, v, blk, q, m_i, l_i, acc, pos, lo, qk_scale, p0, p_last, write, qkv_ptr, stride_qkv, cos_ptr,
+               sin_ptr, stride_cos, kw_ptr, eps, kvh, kc_ptr, vc_ptr, stride_kh, stride_ks, stride_vh, stride_vs, d,
+               in_d, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
+               BLOCK_D: tl.constexpr, HAS_KNORM: tl.constexpr, PRECISION: tl.constexpr):
+    """One key tile of cached lanes: the new rows' keys and values put in where the tile holds any,
+    then the online-softmax update."""
+    if blk * BLOCK_S + BLOCK_S > p0:
+        k, v = _with_new_rows(k, v, blk, p0, p_last, write, qkv_ptr, stride_qkv, cos_ptr, sin_ptr, stride_cos, kw_ptr,
+                              eps, kvh, kc_ptr, vc_ptr, stride_kh, stride_ks, stride_vh, stride_vs, d, in_d, HQ, HKV,
+                              D, BLOCK_S, BLOCK_D, HAS_KNORM)
+    return _attend_tile(k, v, blk, q, m_i, l_i, acc, pos, lo, qk_scale, BLOCK_S, PRECISION)
+
+
+@triton.jit
 def _attention_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, kc_ptr, vc_ptr, out_ptr,
                       po_ptr, lse_ptr, cnt_ptr, eps, qk_scale, window,
                       stride_qkv, stride_cos, stride_kh, stride_ks, stride_vh, stride_vs, stride_om, stride_oh, M,
@@ -164,30 +178,27 @@ def _attention_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, kc_ptr
         m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_R], tl.float32)
         acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-        if blk0 * BLOCK_S + BLOCK_S > p0:
-            k0, v0 = _with_new_rows(k0, v0, blk0, p0, p_last, write, qkv_ptr, stride_qkv, cos_ptr, sin_ptr,
-                                    stride_cos, kw_ptr, eps, kvh, kc_ptr, vc_ptr, stride_kh, stride_ks, stride_vh,
-                                    stride_vs, d, in_d, HQ, HKV, D, BLOCK_S, BLOCK_D, HAS_KNORM)
-        m_i, l_i, acc = _attend_tile(k0, v0, blk0, q, m_i, l_i, acc, pos, lo, qk_scale, BLOCK_S, PRECISION)
+        m_i, l_i, acc = _tile_step(k0, v0, blk0, q, m_i, l_i, acc, pos, lo, qk_scale, p0, p_last, write, qkv_ptr,
+                                   stride_qkv, cos_ptr, sin_ptr, stride_cos, kw_ptr, eps, kvh, kc_ptr, vc_ptr,
+                                   stride_kh, stride_ks, stride_vh, stride_vs, d, in_d, HQ, HKV, D, BLOCK_S, BLOCK_D,
+                                   HAS_KNORM, PRECISION)
         if INTERPRET:
             # The interpreter keeps device scalars as size-1 arrays, which numpy 2 refuses as range() bounds.
             blk = blk0 + NUM_SPLITS
             while blk <= last:
                 k, v = _load_cached(blk, k_base, v_base, p0, stride_ks, stride_vs, d, in_d, BLOCK_S)
-                if blk * BLOCK_S + BLOCK_S > p0:
-                    k, v = _with_new_rows(k, v, blk, p0, p_last, write, qkv_ptr, stride_qkv, cos_ptr, sin_ptr,
-                                          stride_cos, kw_ptr, eps, kvh, kc_ptr, vc_ptr, stride_kh, stride_ks,
-                                          stride_vh, stride_vs, d, in_d, HQ, HKV, D, BLOCK_S, BLOCK_D, HAS_KNORM)
-                m_i, l_i, acc = _attend_tile(k, v, blk, q, m_i, l_i, acc, pos, lo, qk_scale, BLOCK_S, PRECISION)
+                m_i, l_i, acc = _tile_step(k, v, blk, q, m_i, l_i, acc, pos, lo, qk_scale, p0, p_last, write,
+                                           qkv_ptr, stride_qkv, cos_ptr, sin_ptr, stride_cos, kw_ptr, eps, kvh, kc_ptr,
+                                           vc_ptr, stride_kh, stride_ks, stride_vh, stride_vs, d, in_d, HQ, HKV, D,
+                                           BLOCK_S, BLOCK_D, HAS_KNORM, PRECISION)
                 blk += NUM_SPLITS
         else:
             for blk in range(blk0 + NUM_SPLITS, last + 1, NUM_SPLITS):
                 k, v = _load_cached(blk, k_base, v_base, p0, stride_ks, stride_vs, d, in_d, BLOCK_S)
-                if blk * BLOCK_S + BLOCK_S > p0:
-                    k, v = _with_new_rows(k, v, blk, p0, p_last, write, qkv_ptr, stride_qkv, cos_ptr, sin_ptr,
-                                          stride_cos, kw_ptr, eps, kvh, kc_ptr, vc_ptr, stride_kh, stride_ks,
-                                          stride_vh, stride_vs, d, in_d, HQ, HKV, D, BLOCK_S, BLOCK_D, HAS_KNORM)
-                m_i, l_i, acc = _attend_tile(k, v, blk, q, m_i, l_i, acc, pos, lo, qk_scale, BLOCK_S, PRECISION)
+                m_i, l_i, acc = _tile_step(k, v, blk, q, m_i, l_i, acc, pos, lo, qk_scale, p0, p_last, write,
+                                           qkv_ptr, stride_qkv, cos_ptr, sin_ptr, stride_cos, kw_ptr, eps, kvh, kc_ptr,
+                                           vc_ptr, stride_kh, stride_ks, stride_vh, stride_vs, d, in_d, HQ, HKV, D,
+                                           BLOCK_S, BLOCK_D, HAS_KNORM, PRECISION)
 
         seen = l_i > 0
         out = acc / tl.where(seen, l_i, 1.0)[:, None]

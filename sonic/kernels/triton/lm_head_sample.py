@@ -103,8 +103,9 @@ def reduce_argmax(vals, idxs, out_ids, *, advance=None, step=None):
 _workspaces: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _workspace(m: int, num_chunks: int, device, user: str) -> tuple[torch.Tensor, torch.Tensor]:
-    # Allocated on the first call for a shape: make that call before capturing a graph.
+def workspace(m: int, num_chunks: int, device, user: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Argmax partials (float32, int32 [m, num_chunks]) kept per shape and user, allocated on the first
+    call: make that call before capturing a graph."""
     key = (str(device), m, num_chunks, user)
     if key not in _workspaces:
         _workspaces[key] = (torch.empty(m, num_chunks, dtype=torch.float32, device=device),
@@ -122,7 +123,7 @@ def _launch(logits, seed, step, out_ids, gumbel: bool, advance=None):
     # A small vocabulary packs several rows into one program instead of launching tiny ones.
     block_r = min(triton.next_power_of_2(m), BLOCK_V // block_v)
     chunks = triton.cdiv(v, block_v)
-    vals, idxs = _workspace(m, chunks, logits.device, "logits")
+    vals, idxs = workspace(m, chunks, logits.device, "logits")
     _partial_kernel[(triton.cdiv(m, block_r), chunks)](
         logits, seed, step, vals, idxs, m, v, logits.stride(0), NUM_CHUNKS=chunks, GUMBEL=gumbel,
         BLOCK_R=block_r, BLOCK_V=block_v, num_warps=4 if block_r * block_v >= 512 else 1,
@@ -146,22 +147,16 @@ def gumbel_argmax(logits, seed, step, out_ids, *, advance=None):
     return _launch(logits, seed, step, out_ids, gumbel=True, advance=advance)
 
 
-def lm_head_argmax(x, w, logits, out_ids, *, norm_weight, eps, advance=None, use_cuda=False):
+def lm_head_argmax(x, w, logits, out_ids, *, norm_weight, eps, advance=None):
     """Greedy token choice fused into the LM head: logits = RMSNorm(x) @ w.T (float32 [M, V], kept for
     callers that want them), each output tile leaves argmax partials, and one small launch picks the
-    token (and advances the position). Two launches instead of three. use_cuda: the LM head runs on
-    the CUDA tensor-core matvec (kernels/cuda/matvec.py), which tiles the vocabulary its own way."""
+    token (and advances the position). Two launches instead of three."""
     from sonic.kernels.triton.matvec import fused_matvec, matvec_config, num_tiles
 
     m, v = logits.shape
-    if use_cuda:
-        from sonic.kernels.cuda import matvec as cmv
-        partials = _workspace(m, cmv.num_tiles(v), logits.device, "lm_head_cuda")
-        cmv.matvec(x, w, logits, norm_weight=norm_weight, eps=eps, argmax_partials=partials)
-    else:
-        cfg = matvec_config(m, v, w.shape[1], elem_bytes=w.element_size(), argmax=True)
-        partials = _workspace(m, num_tiles(v, cfg), logits.device, "lm_head")
-        fused_matvec(x, w, logits, norm_weight=norm_weight, eps=eps, argmax_partials=partials, config=cfg)
+    cfg = matvec_config(m, v, w.shape[1], elem_bytes=w.element_size(), argmax=True)
+    partials = workspace(m, num_tiles(v, cfg), logits.device, "lm_head")
+    fused_matvec(x, w, logits, norm_weight=norm_weight, eps=eps, argmax_partials=partials, config=cfg)
     return reduce_argmax(*partials, out_ids, advance=advance)
 
 

@@ -254,7 +254,7 @@ def _matvec_kernel(x_ptr, w_ptr, out_ptr, nw_ptr, bias_ptr, res_ptr, xidx_ptr, p
                       HAS_BIAS, HAS_RES, SILU_MUL, ARGMAX, EVEN_K, False, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
-def _check(x, w, out, norm_weight, bias, residual, silu_mul, index, x_gather, argmax_partials):
+def check_args(x, w, out, norm_weight, bias, residual, silu_mul, index, x_gather, argmax_partials):
     m = index.shape[0] if index is not None else x.shape[0]
     k = x.shape[1]
     n_w = w.shape[0]
@@ -298,7 +298,7 @@ def fused_matvec(x, w, out, *, norm_weight=None, eps=1e-6, bias=None, residual=N
     if gather not in ("x", "residual"):
         raise ValueError("gather must be 'x' or 'residual'")
     x_gather = index is not None and gather == "x"
-    m, n, k = _check(x, w, out, norm_weight, bias, residual, silu_mul, index, x_gather, argmax_partials)
+    m, n, k = check_args(x, w, out, norm_weight, bias, residual, silu_mul, index, x_gather, argmax_partials)
     cfg = config or matvec_config(m, n, k, silu_mul=silu_mul,
                                  elem_bytes=w.element_size(), argmax=argmax_partials is not None)
     if argmax_partials is not None and argmax_partials[0].shape != (m, num_tiles(n, cfg)):
