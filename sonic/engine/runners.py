@@ -8,6 +8,7 @@ from sonic.errors import SonicError
 RUNNERS = {
     "ref": ("sonic.engine.runner_ref", "ReferenceRunner"),
     "graph": ("sonic.engine.runner_graph", "GraphRunner"),
+    "mono": ("sonic.mono.runner", "MonoRunner"),
 }
 
 

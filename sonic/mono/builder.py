@@ -34,10 +34,13 @@ def _ranges(n: int, step: int) -> list[tuple[int, int]]:
     return [(b, min(b + step, n)) for b in range(0, n, step)]
 
 
-def _splits(n: int, parts: int) -> list[tuple[int, int]]:
-    """`parts` near-equal ranges covering 0..n (fewer when n is smaller)."""
-    parts = min(parts, n)
-    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+def _splits(n: int, parts: int, align: int = 8) -> list[tuple[int, int]]:
+    """`parts` near-equal ranges covering 0..n (fewer when n is smaller), cut at multiples of `align`
+    when n is one (the kernel reads 16-byte vectors of 8 bf16)."""
+    unit = align if n % align == 0 else 1
+    parts = min(parts, n // unit)
+    cuts = [n // unit * i // parts * unit for i in range(parts)] + [n]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 class _Emitter:

@@ -58,7 +58,9 @@ def generate_header(program: Program) -> str:
     lines += ["};", f"static_assert(sizeof(Instruction) == {dtype.itemsize}, \"Instruction layout\");", ""]
     lines += [f"constexpr {t} {name} = {_literal(t, v)};" for t, name, v in _constants(program)]
     eos = ", ".join(str(t) for t in program.config.eos_token_ids) or "-1"
-    lines += [f"constexpr int EOS_TOKENS[{max(1, len(program.config.eos_token_ids))}] = {{{eos}}};", "",
+    lines += ["#ifdef __CUDACC__  // device code reads the array too", "#define SONIC_MONO_DEVICE __device__", "#else",
+              "#define SONIC_MONO_DEVICE", "#endif",
+              f"SONIC_MONO_DEVICE constexpr int EOS_TOKENS[{max(1, len(program.config.eos_token_ids))}] = {{{eos}}};", "",
               "// Counter ids, for profiling and error messages.", "enum Counter : uint32_t {"]
     lines += [f"    COUNTER_{_ident(name)} = {i}," for i, name in enumerate(program.counters)]
     lines += ["};", "", f"}}  // namespace {NAMESPACE}", ""]

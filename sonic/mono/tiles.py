@@ -1,8 +1,10 @@
 """Which weights each instruction streams, and the tile-packed blob that makes each tile contiguous.
 
-The blob holds every matrix tile in instruction order, each row-major [rows, K], so an SM streams one
-instruction's weights as one contiguous range (`weight_offset`, `weight_bytes`) and the next
-instruction's range follows it. Norm weights, biases and the embedding rows are small and are read
+The blob holds every matrix tile in instruction order, so an SM streams one instruction's weights as
+one contiguous range (`weight_offset`, `weight_bytes`) and the next instruction's range follows it.
+Inside a tile the layout is [K / 8][rows][8]: 16-byte vectors of 8 consecutive k of one row, the
+rows of one k chunk side by side. A kernel thread that takes every (threads)-th vector then always
+meets the same row (when rows divide the threads), so it keeps one running sum per row. Norm weights, biases and the embedding rows are small and are read
 from the packed model directly.
 """
 from __future__ import annotations
@@ -59,6 +61,20 @@ def tile_matrix(packed: PackedModel, config: ModelConfig, ins: Instruction) -> t
     raise ValueError(f"{ins.op.name} streams no weight matrix")
 
 
+VECTOR = 8  # elements per 16-byte vector of a tile
+
+
+def interleave(tile: torch.Tensor) -> torch.Tensor:
+    """[rows, K] -> the blob's [K / 8][rows][8] order, flattened."""
+    rows, k = tile.shape
+    return tile.reshape(rows, k // VECTOR, VECTOR).transpose(0, 1).reshape(-1)
+
+
+def deinterleave(flat: torch.Tensor, rows: int, k: int) -> torch.Tensor:
+    """The inverse of `interleave`: a tile [rows, K] (a copy)."""
+    return flat.view(k // VECTOR, rows, VECTOR).transpose(0, 1).reshape(rows, k)
+
+
 def pack_tiles(packed: PackedModel, program: Program) -> torch.Tensor:
     """The blob as a flat tensor of the weight dtype; tile i starts at weight_offset / element size."""
     c = program.config
@@ -69,12 +85,12 @@ def pack_tiles(packed: PackedModel, program: Program) -> torch.Tensor:
     for ins in tiles:
         start = ins.weight_offset // program.tiling.weight_bytes
         tile = tile_matrix(packed, c, ins)
-        blob[start:start + tile.numel()] = tile.reshape(-1)
+        blob[start:start + tile.numel()] = interleave(tile)
     return blob
 
 
 def blob_tile(blob: torch.Tensor, program: Program, ins: Instruction) -> torch.Tensor:
-    """The tile [rows, K] as a view of the blob: what one instruction's weight stream holds."""
+    """The tile [rows, K] that one instruction's weight stream holds."""
     rows, k = tile_shape(program.config, ins)
     start = ins.weight_offset // program.tiling.weight_bytes
-    return blob[start:start + rows * k].view(rows, k)
+    return deinterleave(blob[start:start + rows * k], rows, k)

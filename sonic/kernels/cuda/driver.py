@@ -1,6 +1,6 @@
 """The few CUDA driver calls a precompiled kernel needs (ctypes, so no extension module is built):
 load a cubin, look up its kernels, launch one on torch's current stream (graph capture included),
-optionally as a programmatic dependent launch."""
+optionally as a programmatic dependent launch or a cooperative one; host memory the GPU can write."""
 from __future__ import annotations
 
 import ctypes
@@ -8,6 +8,7 @@ import functools
 
 import torch
 
+_COOPERATIVE = 2                         # CU_LAUNCH_ATTRIBUTE_COOPERATIVE
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6   # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 _MAX_DYNAMIC_SHARED_SIZE_BYTES = 8       # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 
@@ -73,16 +74,49 @@ class Module:
 
 
 def launch(fn: ctypes.c_void_p, grid: int, block: int, shared_bytes: int, params: ctypes.Structure,
-           device_index: int, pdl: bool):
-    """One launch of `fn(params)` on torch's current stream of the device."""
+           device_index: int, pdl: bool, cooperative: bool = False):
+    """One launch of `fn(params)` on torch's current stream of the device. A cooperative launch fails
+    with an error, instead of hanging, when the grid cannot be resident all at once."""
     _ensure_context(device_index)
     cfg = _LaunchConfig()
     cfg.grid[:] = (grid, 1, 1)
     cfg.block[:] = (block, 1, 1)
     cfg.shared_bytes = shared_bytes
     cfg.stream = torch.cuda.current_stream(device_index).cuda_stream
-    attr = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION, value=1)
-    cfg.attrs = ctypes.pointer(attr) if pdl else None
-    cfg.num_attrs = 1 if pdl else 0
+    wanted = [a for a, on in ((_PROGRAMMATIC_STREAM_SERIALIZATION, pdl), (_COOPERATIVE, cooperative)) if on]
+    attrs = (_LaunchAttribute * max(1, len(wanted)))(*[_LaunchAttribute(id=a, value=1) for a in wanted])
+    cfg.attrs = attrs if wanted else None
+    cfg.num_attrs = len(wanted)
     args = (ctypes.c_void_p * 1)(ctypes.cast(ctypes.pointer(params), ctypes.c_void_p))
     _check(_lib().cuLaunchKernelEx(ctypes.byref(cfg), fn, args, None), "cuLaunchKernelEx")
+
+
+class HostMapped:
+    """Pinned host memory mapped into the device's address space: the GPU writes it while a kernel
+    runs and the host reads it without a sync (tokens as they are chosen), or the other way round."""
+
+    def __init__(self, nbytes: int, device_index: int):
+        import numpy as np
+
+        _ensure_context(device_index)
+        self.nbytes = nbytes
+        ptr = ctypes.c_void_p()
+        # CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP
+        _check(_lib().cuMemHostAlloc(ctypes.byref(ptr), ctypes.c_size_t(nbytes), 0x1 | 0x2), "cuMemHostAlloc")
+        self._ptr = ptr
+        dev = ctypes.c_uint64()
+        _check(_lib().cuMemHostGetDevicePointer_v2(ctypes.byref(dev), ptr, 0), "cuMemHostGetDevicePointer")
+        self.device_ptr = dev.value
+        self.bytes = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr.value))
+
+    def view(self, dtype, offset: int = 0, count: int | None = None):
+        """A numpy view of part of the memory (reads see the device's writes as they land)."""
+        import numpy as np
+        itemsize = np.dtype(dtype).itemsize
+        count = (self.nbytes - offset) // itemsize if count is None else count
+        return self.bytes[offset:offset + count * itemsize].view(dtype)
+
+    def __del__(self):
+        if getattr(self, "_ptr", None) and self._ptr.value:
+            _lib().cuMemFreeHost(self._ptr)
+            self._ptr = None

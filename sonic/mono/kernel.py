@@ -1,0 +1,66 @@
+"""The CUDA monokernel from Python: its source (the generated header + csrc), what it supports, the
+parameter block it is launched with, and the cubin (nvcc at first use, cached by source hash)."""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+from sonic.mono.codegen import generate_header
+from sonic.mono.instructions import Op, Program
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = ("ptx.cuh", "monokernel.cu")  # in this order, after the header: one source, no includes
+CONSUMER_THREADS = 256                  # CONSUMERS in monokernel.cu: the widest tile it handles
+SHARED_BYTES = 227 * 1024               # SMEM_BYTES in monokernel.cu
+
+
+def kernel_source(program: Program, defines: dict[str, int] | None = None) -> str:
+    """The one source nvcc compiles; `defines` override the kernel's tuning macros (MONO_*)."""
+    macros = "".join(f"#define {name} {value}\n" for name, value in sorted((defines or {}).items()))
+    header = generate_header(program).replace("#pragma once\n", "")  # one translation unit, not a header
+    check = f'static_assert(sizeof(Params) == {ctypes.sizeof(Params)}, "Params differs from kernel.py");\n'
+    return "\n".join([macros + header] + [(CSRC / name).read_text() for name in SOURCES] + [check])
+
+
+def unsupported(program: Program) -> str | None:
+    """Why the CUDA kernel cannot run this program, or None."""
+    c, t = program.config, program.tiling
+    if t.weight_bytes != 2:
+        return "the kernel streams bf16 weights only"
+    if c.head_dim % 8 or c.head_dim > 512:
+        return f"head_dim {c.head_dim} is not a multiple of 8 up to 512"
+    for name, size in (("hidden", c.hidden_size), ("intermediate", c.intermediate_size), ("q", c.q_size)):
+        if size % 8:
+            return f"the {name} size {size} is not a multiple of 8"
+    for ins in program.instructions:
+        rows = ins.tile_end - ins.tile_begin
+        if ins.op == Op.QKV_ROPE:
+            rows *= c.head_dim
+        elif ins.op == Op.GATE_UP:
+            rows *= 2
+        elif ins.op not in (Op.O_PROJ, Op.DOWN_PROJ, Op.LM_HEAD):
+            continue
+        if rows > CONSUMER_THREADS:
+            return f"a {ins.op.name} tile of {rows} rows is wider than the kernel's {CONSUMER_THREADS} threads"
+        if (ins.k_end - ins.k_begin) % 8 and ins.op in (Op.O_PROJ, Op.DOWN_PROJ):
+            return f"a {ins.op.name} k split of {ins.k_end - ins.k_begin} is not a multiple of 8"
+    return None
+
+
+_POINTERS = ("instructions", "queue_start", "queue", "blob", "smalls", "embed", "final_norm", "cos", "sin",
+             "k_cache", "v_cache", "h", "q", "attn_o", "attn_max", "attn_sum", "attn", "kpart", "act", "logits",
+             "part_val", "part_idx", "token", "pos", "counters", "stop_epoch", "error", "abort_flag",
+             "out_tokens", "out_count", "host_stop", "profile")
+
+
+class Params(ctypes.Structure):
+    """`struct Params` of monokernel.cu, field for field."""
+    _fields_ = [(name, ctypes.c_uint64) for name in _POINTERS] + [
+        ("first_epoch", ctypes.c_uint64), ("timeout_ns", ctypes.c_uint64),
+        ("num_epochs", ctypes.c_uint32), ("max_len", ctypes.c_uint32), ("stop_at_eos", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32)]
+
+
+def compile_program(program: Program, defines: dict[str, int] | None = None) -> bytes:
+    from sonic.kernels.cuda.build import compile_cubin
+    return compile_cubin(kernel_source(program, defines))

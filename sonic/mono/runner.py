@@ -1,0 +1,60 @@
+"""`--runner mono`: greedy decoding in one persistent kernel launch per request.
+
+Prefill, verification (speculative decoding) and sampled decoding come from the graph runner on the
+same weights and KV cache; greedy decode steps run in the monokernel, every token of a request in
+one launch, tokens streaming to the host as they are chosen.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from sonic.engine.runner_graph import GraphRunner
+from sonic.engine.sampling import SamplingParams, sample
+from sonic.mono.builder import build_program, shapes_of
+from sonic.mono.instructions import Tiling
+from sonic.mono.schedule import list_schedule
+
+
+def default_tiling(config) -> Tiling:
+    """32 gate/up rows per tile (the fastest of 8..128 on llama-3.2-1b); enough attention splits that
+    a group's keys spread over several SMs at long contexts."""
+    return Tiling(gate_up_rows_per_tile=32, kv_splits=4 if config.num_key_value_heads >= 8 else 8)
+
+
+class MonoRunner(GraphRunner):
+    name = "mono"
+
+    def __init__(self, model, max_len: int | None = None, tiling: Tiling | None = None):
+        from sonic.mono.launcher import MonoKernel
+
+        super().__init__(model, max_len)
+        c = self.config
+        tiling = tiling or default_tiling(c)
+        num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        program = build_program(c, tiling, rows=1, shapes=shapes_of(self.packed))
+        self.kernel = MonoKernel(program, list_schedule(program, num_sms), self.packed, self.cache,
+                                 self.cos, self.sin)
+
+    def generate(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams) -> Iterator[int]:
+        if not sampling.greedy:  # sampling inside the kernel is not written yet
+            yield from super().generate(prompt_ids, max_tokens, sampling)
+            return
+        self.reserve(len(prompt_ids) + max_tokens)
+        first = int(sample(self.prefill(prompt_ids)[None], sampling, None)[0])
+        yield first
+        if max_tokens > 1:
+            yield from self.kernel.decode(first, len(prompt_ids), max_tokens - 1)
+
+    def decode_steps(self, token: int, position: int, n: int, sampling: SamplingParams,
+                     gen: torch.Generator | None = None) -> Iterator[int]:
+        if not sampling.greedy:
+            yield from super().decode_steps(token, position, n, sampling, gen)
+            return
+        yield from self.kernel.decode(token, position, n)
+        self.position = position + n
+
+    def mono_step(self, token: int, position: int) -> torch.Tensor:
+        """Logits [V] of one token at `position` through the monokernel (teacher forcing in tests)."""
+        return self.kernel.step([token], position)[0]

@@ -1,0 +1,101 @@
+"""The CUDA monokernel builds for sm_90a wherever nvcc is installed (no GPU needed): no register
+spills and no stack frame for any model shape; and the host-side pieces that need no GPU."""
+from __future__ import annotations
+
+import ctypes
+import re
+
+import pytest
+import torch
+
+from mono_helpers import tiny, tiny_model
+
+from sonic.kernels.cuda import build
+from sonic.mono.builder import build_program
+from sonic.mono.codegen import generate_header
+from sonic.mono.instructions import Tiling
+from sonic.mono.kernel import Params, kernel_source, unsupported
+from sonic.mono.runner import default_tiling
+from sonic.presets import get_preset
+
+needs_nvcc = pytest.mark.skipif(build.nvcc_path() is None,
+                                reason="nvcc is not installed: the CUDA toolkit is needed to build the kernel")
+
+SHAPES = {  # head_dim 64 and 128, q/k norm, bias with split-K and tiles that are not powers of two
+    "llama-3.2-1b": lambda: build_program(get_preset("llama-3.2-1b"), default_tiling(get_preset("llama-3.2-1b"))),
+    "qwen3-1.7b": lambda: build_program(get_preset("qwen3-1.7b"), default_tiling(get_preset("qwen3-1.7b"))),
+    "tiny-qwen2-split-k": lambda: build_program(tiny("qwen2"), Tiling(qkv_heads_per_tile=2, o_rows_per_tile=24,
+                                                                      gate_up_rows_per_tile=40, k_splits=3)),
+}
+
+
+@needs_nvcc
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_kernel_compiles_without_spills_or_stack(shape):
+    program = SHAPES[shape]()
+    assert unsupported(program) is None
+    report = build.ptxas_report(kernel_source(program))
+    props = dict(zip(re.findall(r"Function properties for (\w+)", report),
+                     re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", report)))
+    assert props["mono_decode"] == ("0", "0", "0"), report
+
+
+@needs_nvcc
+def test_parameter_block_size_is_checked_by_the_compiler():
+    # kernel_source ends with a static_assert of sizeof(Params) from ctypes: a drifted field fails.
+    program = SHAPES["llama-3.2-1b"]()
+    source = kernel_source(program).replace(f"sizeof(Params) == {ctypes.sizeof(Params)}",
+                                            f"sizeof(Params) == {ctypes.sizeof(Params) + 8}")
+    with pytest.raises(build.BuildError, match="Params differs"):
+        build.ptxas_report(source)
+
+
+def test_source_is_the_header_then_the_kernel_and_deterministic():
+    program = SHAPES["llama-3.2-1b"]()
+    source = kernel_source(program)
+    assert source == kernel_source(program)
+    assert source.index("namespace sonic_mono") < source.index("mono_decode")
+    assert "#pragma once" not in source  # one translation unit
+    assert generate_header(program).replace("#pragma once\n", "") in source
+    assert kernel_source(program, {"MONO_CONSUMER_WARPS": 12}).startswith("#define MONO_CONSUMER_WARPS 12\n")
+
+
+def test_parameter_block_layout():
+    # 32 pointers, two 64-bit values, four 32-bit ones: the order of struct Params.
+    assert ctypes.sizeof(Params) == 32 * 8 + 16 + 16
+    assert Params.first_epoch.offset == 32 * 8 and Params.num_epochs.offset == 32 * 8 + 16
+
+
+def test_unsupported_shapes_say_why():
+    odd_head = tiny("llama2").with_(head_dim=12)
+    assert "head_dim 12" in unsupported(build_program(odd_head, Tiling()))
+    wide = build_program(get_preset("llama-3.2-1b"), Tiling(lm_head_rows_per_tile=512))
+    assert "LM_HEAD tile of 512 rows" in unsupported(wide)
+    assert unsupported(build_program(tiny("smollm2"), Tiling())) is None  # head_dim 8
+
+
+def test_small_weights_hold_each_layer_in_the_kernels_order():
+    from sonic.engine.packed import pack_model
+    from sonic.mono.launcher import small_weights
+    for family in ("qwen2", "qwen3"):
+        packed = pack_model(tiny_model(family))
+        blocks = small_weights(packed)
+        c = tiny(family)
+        width = 2 * c.hidden_size + (c.q_size + 2 * c.kv_size if c.attention_bias else 0) + \
+            (2 * c.head_dim if c.qk_norm else 0)
+        assert blocks.shape == (c.num_hidden_layers, width)
+        layer = packed.layers[1]
+        assert torch.equal(blocks[1, :c.hidden_size], layer.attn_norm)
+        assert torch.equal(blocks[1, c.hidden_size:2 * c.hidden_size], layer.mlp_norm)
+        tail = blocks[1, 2 * c.hidden_size:]
+        if c.attention_bias:
+            assert torch.equal(tail[:c.q_size + 2 * c.kv_size], layer.b_qkv)
+        if c.qk_norm:
+            assert torch.equal(tail[-2 * c.head_dim:], torch.cat([layer.q_norm, layer.k_norm]))
+
+
+def test_mono_runner_needs_a_gpu():
+    from sonic.engine.runners import make_runner
+    from sonic.errors import SonicError
+    with pytest.raises(SonicError, match="CUDA GPU"):
+        make_runner("mono", tiny_model("llama3"))
