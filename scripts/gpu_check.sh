@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: check the fast path against the reference, then time it.
 # Usage: scripts/gpu_check.sh [preset ...]. Reports land in $OUT; a short table prints last.
-# TESTS: what pytest runs (default: the fused-path, verification and speculative tests; "none" skips).
+# TESTS: what pytest runs (default: the fused-path, verification, speculative and monokernel tests; "none" skips).
 # BENCH=0 skips the preset benchmarks; TASKS=1 adds speculation per task on the default model's weights;
 # SONIC_MATVEC=cuda runs everything on the tensor-core matvec. VERIFY_COST=M also times verifying 1..M tokens on the first preset; TASK_FLAGS adds flags to the task run.
 # Wheels in .whl/ are installed first; the default model may arrive split in .model_part1/ and
@@ -29,7 +29,7 @@ if [ "${TESTS:-}" != none ]; then
   echo "== correctness"
   # The kernels' option grids are covered on CPU; on the GPU, the bf16 cases and row identity.
   default=(tests/engine tests/spec tests/kernels/test_decode_attention.py tests/kernels/test_matvec.py
-           tests/kernels/test_cuda_matvec.py
+           tests/kernels/test_cuda_matvec.py tests/mono/test_mono_gpu.py
            -k "not every_option and not several_blocks")
   if [ -n "${TESTS:-}" ]; then read -ra default <<< "$TESTS"; fi
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -rf -p no:cacheprovider "${default[@]}" > "$OUT/pytest.log" 2>&1

@@ -25,8 +25,8 @@ def add_model_args(p: argparse.ArgumentParser):
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="working dtype (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--runner", default="auto",
-                   help="decode path: graph (fused kernels + CUDA graph), ref (eager PyTorch); "
-                        "auto = graph on cuda, ref on cpu")
+                   help="decode path: graph (fused kernels + CUDA graph), mono (one persistent CUDA kernel "
+                        "for greedy decoding), ref (eager PyTorch); auto = graph on cuda, ref on cpu")
     add_tp_arg(p)
 
 
@@ -103,6 +103,9 @@ def build_parser() -> ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--verify-cost", type=int, default=0, metavar="M",
                        help="also time verifying 1..M tokens in one step (speculative decoding), in plain steps")
+    bench.add_argument("--profile", action="store_true",
+                       help="with the mono runner: also time every instruction type inside the kernel "
+                            "(a profiling build) and report us per layer")
     bench.add_argument("--json", nargs="?", const="", default=None, metavar="PATH",
                        help="write the report (default path: bench/results/DATE-DEVICE-MODEL.json)")
     bench.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
@@ -196,6 +199,8 @@ def cmd_bench(args) -> int:
         raise SonicError(f"--context {args.context} must exceed --output-tokens {args.output_tokens}")
     from sonic.engine.generate import resolve_runner
     args.runner = resolve_runner(args.runner, args.device)
+    if args.profile and "mono" not in [args.runner, *args.compare]:
+        raise SonicError("--profile times the monokernel's instructions: add --runner mono (or --compare mono)")
     report = run_bench(args)
     if args.json is not None:
         sys.stderr.write(f"wrote {write_json(report, args.json or None)}\n")

@@ -143,6 +143,11 @@ def test_bench_verify_cost_out_of_range(capsys):
     assert_user_error(code, err, "--verify-cost 17", "1 to 16")
 
 
+def test_bench_profile_needs_the_mono_runner(capsys):
+    code, _, err = run(capsys, "bench", "--preset", "smollm2-135m", "--device", "cpu", "--profile")
+    assert_user_error(code, err, "--profile", "--runner mono")
+
+
 def test_unsupported_quantisation_type(capsys, tmp_path):
     import numpy as np
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q

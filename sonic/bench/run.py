@@ -64,6 +64,8 @@ def bench_runner(name: str, model, prompt: list[int], args, bandwidth: float) ->
     result.update(time_decode(runner, prompt, args.output_tokens, args.repeats))
     if getattr(args, "verify_cost", 0) and hasattr(runner, "verify_argmax"):
         result["verify_cost"] = verify_cost(runner, args.verify_cost)
+    if getattr(args, "profile", False) and hasattr(runner, "profile"):
+        result["profile"] = runner.profile(prompt, args.output_tokens)
     elem = model.model.embed_tokens.weight.element_size()
     weights = weight_bytes_per_token(model.config, elem)
     kv = kv_bytes_per_token(model.config, len(prompt) + args.output_tokens / 2, elem)
@@ -150,6 +152,9 @@ def format_table(report: dict) -> str:
                      f"{r['itl_p50_ms']:>9.3f}{r['itl_p99_ms']:>9.3f}{r['bytes_per_token'] / 1e6:>9.1f}"
                      f"{r['ceiling_tok_s']:>9.0f}{r['pct_of_ceiling']:>7.1f}%")
     for r in report["results"]:
+        if r.get("profile"):
+            from sonic.mono.profile import format_profile
+            lines.append(format_profile(r["runner"], r["profile"]))
         if r.get("verify_cost"):
             cost = " ".join(f"{c:.2f}" for c in r["verify_cost"])
             lines.append(f"{r['runner']}: verifying 1..{len(r['verify_cost'])} tokens costs {cost} plain steps")

@@ -9,7 +9,7 @@ from sonic.mono.codegen import generate_header
 from sonic.mono.instructions import Op, Program
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ptx.cuh", "monokernel.cu")  # in this order, after the header: one source, no includes
+SOURCES = ("ptx.cuh", "common.cuh", "matvec.cuh", "attention.cuh", "ops.cuh", "monokernel.cu")  # one source, in order
 CONSUMER_THREADS = 256                  # CONSUMERS in monokernel.cu: the widest tile it handles
 SHARED_BYTES = 227 * 1024               # SMEM_BYTES in monokernel.cu
 

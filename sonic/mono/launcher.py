@@ -96,6 +96,7 @@ class MonoKernel:
         self.out_count = self.host.view(np.int32, 4 * self.max_epochs * m, 1)
         self.host_stop = self.host.view(np.int32, 4 * (self.max_epochs * m + 1), 1)
         self.epochs = 0  # completed: the counters stand at epochs * count
+        self.timeout_s = TIMEOUT_S
 
     @property
     def logits(self) -> torch.Tensor:
@@ -117,7 +118,7 @@ class MonoKernel:
         p.out_tokens, p.out_count = base, base + 4 * self.max_epochs * self.program.rows
         p.host_stop = p.out_count + 4
         p.first_epoch, p.num_epochs = self.epochs + 1, num_epochs
-        p.timeout_ns, p.max_len = int(TIMEOUT_S * 1e9), self.cache.max_len
+        p.timeout_ns, p.max_len = max(1, int(self.timeout_s * 1e9)), self.cache.max_len
         p.stop_at_eos = int(stop_at_eos)
         return p
 
@@ -137,9 +138,13 @@ class MonoKernel:
         ran = int(self.out_count[0])
         error = self.buffers["error"].tolist()
         if error[0] == ERROR_TIMEOUT:
+            # Every CTA has left: start the counters afresh so the kernel stays usable.
+            for name in ("counters", "error", "abort_flag"):
+                self.buffers[name].zero_()
+            self.epochs = 0
             ins = self.program.instructions[error[1]]
             raise SonicError(f"the monokernel stopped: {ins.describe()} in token {error[2]} waited more than "
-                             f"{TIMEOUT_S:g} s on counter {self.program.counters[error[3]]}; "
+                             f"{self.timeout_s:g} s on counter {self.program.counters[error[3]]}; "
                              "use --runner graph and report this")
         self.epochs += ran
         return ran
@@ -164,20 +169,22 @@ class MonoKernel:
         self.buffers["token"].fill_(token)
         self.buffers["pos"].fill_(position)
         self._launch(n, stop_at_eos)
-        seen, ran = 0, None
+        stream = torch.cuda.current_stream(self.device_index)
+        seen, finished = 0, False
         try:
-            while ran is None:
+            while True:
                 landed = int(self.out_count[0])
-                if landed == seen and torch.cuda.current_stream(self.device_index).query():
-                    ran = self._finish()
-                    landed = ran
+                if landed == seen and stream.query():
+                    finished = True  # before _finish: an error it raises must not finish twice
+                    landed = self._finish()
                 for i in range(seen, landed):
                     yield int(self.out_tokens[i])
                 seen = landed
-                if ran is None and landed == seen:
-                    time.sleep(20e-6)
+                if finished:
+                    return
+                time.sleep(20e-6)
         finally:
-            if ran is None:  # the caller stopped early: the kernel ends after the token in flight
+            if not finished:  # the caller stopped early: the kernel ends after the token in flight
                 self.host_stop[0] = 1
                 self._finish()
 

@@ -55,6 +55,20 @@ class MonoRunner(GraphRunner):
         yield from self.kernel.decode(token, position, n)
         self.position = position + n
 
+    def profile(self, prompt_ids: list[int], max_tokens: int) -> dict:
+        """Per-instruction-type times of one greedy run, from a profiling build of the same program."""
+        from sonic.mono.launcher import MonoKernel
+        from sonic.mono.profile import summarize
+        timed = self.kernel
+        self.kernel = MonoKernel(timed.program, timed.schedule, self.packed, self.cache, self.cos, self.sin,
+                                 profile=True)
+        try:
+            for _ in self.generate(prompt_ids, max_tokens, SamplingParams()):
+                pass
+            return summarize(timed.program, self.kernel.profile_stamps())
+        finally:
+            self.kernel = timed
+
     def mono_step(self, token: int, position: int) -> torch.Tensor:
         """Logits [V] of one token at `position` through the monokernel (teacher forcing in tests)."""
         return self.kernel.step([token], position)[0]

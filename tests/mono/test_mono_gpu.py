@@ -122,6 +122,18 @@ def test_long_context_attention_splits():
         check_against_reference(mono, ref, prompt, tokens)
 
 
+def test_a_wait_past_the_bound_is_an_error_not_a_hang():
+    from sonic.errors import SonicError
+    mono, _ = make("llama")
+    prompt = prompt_of(mono.config, seed=7)
+    want = list(mono.generate(prompt, 20, SamplingParams()))
+    mono.kernel.timeout_s = 1e-9  # every wait that spins at all now exceeds the bound
+    with pytest.raises(SonicError, match="waited more than"):
+        list(mono.generate(prompt, 20, SamplingParams()))
+    mono.kernel.timeout_s = 5.0
+    assert list(mono.generate(prompt, 20, SamplingParams())) == want  # the context and kernel survive
+
+
 def test_unsupported_model_names_the_fallback():
     from sonic.errors import SonicError
     config = ModelConfig("llama", 512, 64, 128, 2, 4, 2, 12, max_position_embeddings=256)

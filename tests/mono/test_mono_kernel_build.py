@@ -99,3 +99,64 @@ def test_mono_runner_needs_a_gpu():
     from sonic.errors import SonicError
     with pytest.raises(SonicError, match="CUDA GPU"):
         make_runner("mono", tiny_model("llama3"))
+
+
+class _FakeLaunch:
+    """A MonoKernel whose launch 'writes' tokens one per poll and finishes after the last."""
+
+    def __init__(self, tokens, fail=False):
+        import numpy as np
+        from sonic.mono.launcher import MonoKernel
+        self.kernel = object.__new__(MonoKernel)
+        k = self.kernel
+        k.program = build_program(tiny("llama3"), Tiling())
+        k.buffers = {"token": torch.zeros(1, dtype=torch.int32), "pos": torch.zeros(1, dtype=torch.int32)}
+        k.device_index, k.epochs = 0, 0
+        k.out_tokens = np.array(tokens, dtype=np.int32)
+        k.out_count = np.zeros(1, dtype=np.int32)
+        k.host_stop = np.zeros(1, dtype=np.int32)
+        self.finishes, self.fail, self.total = 0, fail, len(tokens)
+        k._launch = lambda n, stop_at_eos=False: None
+        k._finish = self.finish
+
+    def query(self):  # the stream: one more token per poll, done after the last
+        count = self.kernel.out_count
+        if count[0] < self.total and not self.kernel.host_stop[0]:
+            count[0] += 1
+        return count[0] == self.total or bool(self.kernel.host_stop[0])
+
+    def finish(self):
+        from sonic.errors import SonicError
+        self.finishes += 1
+        if self.fail:
+            raise SonicError("the monokernel stopped: waited more than")
+        return int(self.kernel.out_count[0])
+
+
+@pytest.fixture
+def fake_stream(monkeypatch):
+    holder = {}
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: holder["launch"])
+    return holder
+
+
+def test_decode_streams_every_token_then_finishes_once(fake_stream):
+    fake = fake_stream["launch"] = _FakeLaunch([5, 6, 7, 8])
+    assert list(fake.kernel.decode(1, 3, 4)) == [5, 6, 7, 8]
+    assert fake.finishes == 1 and not fake.kernel.host_stop[0]
+
+
+def test_closing_the_stream_raises_the_stop_flag(fake_stream):
+    fake = fake_stream["launch"] = _FakeLaunch(list(range(10, 30)))
+    it = fake.kernel.decode(1, 3, 20)
+    assert [next(it) for _ in range(3)] == [10, 11, 12]
+    it.close()
+    assert fake.kernel.host_stop[0] == 1 and fake.finishes == 1
+
+
+def test_a_kernel_error_is_raised_once(fake_stream):
+    from sonic.errors import SonicError
+    fake = fake_stream["launch"] = _FakeLaunch([5, 6], fail=True)
+    with pytest.raises(SonicError, match="waited more than"):
+        list(fake.kernel.decode(1, 3, 2))
+    assert fake.finishes == 1

@@ -1,0 +1,166 @@
+// The monokernel's shared ground: launch shape, shared-memory layout, the parameter block, the
+// ring of weight pages and small arithmetic helpers. Compiled after the generated model header
+// (namespace sonic_mono) and ptx.cuh; the other csrc files follow it (kernel.py: SOURCES).
+using namespace sonic_mono;
+using bf16 = __nv_bfloat16;
+
+#ifndef MONO_CONSUMER_WARPS
+#define MONO_CONSUMER_WARPS 8
+#endif
+constexpr int CONSUMER_WARPS = MONO_CONSUMER_WARPS;
+constexpr int CONSUMERS = CONSUMER_WARPS * 32;
+constexpr int THREADS = CONSUMERS + 32;
+constexpr int PAGE_BYTES = 16384;
+constexpr int SMEM_BYTES = 227 * 1024;  // dynamic shared memory of the launch: Hopper's maximum
+
+constexpr int cmax(int a, int b) { return a > b ? a : b; }
+constexpr int cmin(int a, int b) { return a < b ? a : b; }
+constexpr int align_up(int n, int a) { return (n + a - 1) / a * a; }
+
+constexpr int X_COLS = cmax(HIDDEN_SIZE, cmax(Q_SIZE, INTERMEDIATE_SIZE));
+constexpr int QKV_ROWS = Q_SIZE + 2 * KV_SIZE;
+constexpr int NUM_LM_TILES = (VOCAB_SIZE + LM_HEAD_ROWS_PER_TILE - 1) / LM_HEAD_ROWS_PER_TILE;
+// Keys per pass of attention (one per thread); fewer for wide heads, whose K rows fill more registers.
+constexpr int ATTN_CHUNK = cmin(HEAD_DIM > 64 ? 64 : 128, CONSUMERS);
+constexpr int HALF_DIM = HEAD_DIM / 2;
+constexpr int KEY_LANES = CONSUMERS / HALF_DIM;    // threads that share one column pair of V
+constexpr int VALUE_THREADS = KEY_LANES * HALF_DIM;
+constexpr int VALUE_REGS = (ATTN_CHUNK + KEY_LANES - 1) / KEY_LANES;  // V column pairs a thread holds per pass
+// Small per-layer weights, one bf16 block per layer (runner.py): norms, [qkv bias], [q norm, k norm].
+constexpr int SMALL_ATTN_NORM = 0;
+constexpr int SMALL_MLP_NORM = HIDDEN_SIZE;
+constexpr int SMALL_BIAS = 2 * HIDDEN_SIZE;
+constexpr int SMALL_Q_NORM = SMALL_BIAS + (ATTENTION_BIAS ? QKV_ROWS : 0);
+constexpr int SMALL_K_NORM = SMALL_Q_NORM + HEAD_DIM;
+constexpr int SMALL_PER_LAYER = SMALL_Q_NORM + (QK_NORM ? 2 * HEAD_DIM : 0);
+
+static_assert(HEAD_DIM % 8 == 0 && HALF_DIM <= CONSUMERS, "head_dim must be a multiple of 8 up to 512");
+static_assert(HIDDEN_SIZE % 8 == 0 && INTERMEDIATE_SIZE % 8 == 0 && Q_SIZE % 8 == 0, "sizes must be multiples of 8");
+static_assert(SMALL_PER_LAYER % 8 == 0, "per-layer blocks stay 16-byte aligned");
+
+// Shared memory, carved from one dynamic allocation (offsets in bytes).
+constexpr int OFF_FULL = 0;                                            // uint64 per page: filled
+constexpr int MAX_PAGES = 16;
+constexpr int OFF_EMPTY = OFF_FULL + 8 * MAX_PAGES;                    // uint64 per page: drained
+constexpr int OFF_FLAGS = OFF_EMPTY + 8 * MAX_PAGES;                   // go, exit, consumed, ...
+constexpr int OFF_STAT = OFF_FLAGS + 64;                               // float [CONSUMER_WARPS][ROWS] + ROWS
+constexpr int MAX_TILE_ROWS = 256;                                     // kernel.py checks every tile
+constexpr int RED_FLOATS = cmax(CONSUMERS, CONSUMER_WARPS * MAX_TILE_ROWS) * ROWS;
+constexpr int OFF_RED = align_up(OFF_STAT + 4 * (CONSUMER_WARPS + 1) * ROWS + 64, 16);  // matvec partial sums
+constexpr int OFF_Y = OFF_RED + 4 * RED_FLOATS;                        // float [MAX_TILE_ROWS][ROWS]: tile outputs
+constexpr int ATTN_FLOATS = cmax(GQA_GROUP * ATTN_CHUNK, KEY_LANES * GQA_GROUP * HEAD_DIM);
+constexpr int OFF_ATTN_Q = OFF_Y + 4 * MAX_TILE_ROWS * ROWS;           // float [GQA][HEAD_DIM]
+constexpr int OFF_ATTN_RUN = OFF_ATTN_Q + 4 * GQA_GROUP * HEAD_DIM;    // float [3][GQA]: max, sum, rescale
+constexpr int OFF_ATTN = align_up(OFF_ATTN_RUN + 4 * 3 * GQA_GROUP, 16);  // scores, then value partials
+constexpr int OFF_X = align_up(OFF_ATTN + 4 * ATTN_FLOATS, 16);        // bf16 [ROWS][X_COLS]: matvec inputs
+constexpr int OFF_PAGES = align_up(OFF_X + 2 * ROWS * X_COLS, 1024);
+constexpr int NUM_PAGES = (SMEM_BYTES - OFF_PAGES) / PAGE_BYTES < MAX_PAGES ? (SMEM_BYTES - OFF_PAGES) / PAGE_BYTES
+                                                                           : MAX_PAGES;
+static_assert(NUM_PAGES >= 2, "the model's activations leave no room for the weight ring: use fewer rows");
+
+enum Flag { FLAG_GO = 0, FLAG_EXIT = 1, FLAG_CONSUMED = 2, FLAG_STAMPS = 4 };  // stamps: 3 x uint64
+// wait began, inputs ready, inputs staged, matvec done, done; the producer's issue of the last page
+// and (thread 0) the ns the matvec spent waiting for its pages to land
+constexpr int PROFILE_STAMPS = 7;
+enum Error { ERROR_NONE = 0, ERROR_TIMEOUT = 1 };
+
+struct Params {
+    const Instruction* instructions;
+    const uint32_t* queue_start;  // [num_sms + 1]
+    const uint32_t* queue;
+    const bf16* blob;             // weight tiles in instruction order
+    const bf16* smalls;           // [layers][SMALL_PER_LAYER]
+    const bf16* embed;            // [VOCAB_SIZE][HIDDEN_SIZE]
+    const bf16* final_norm;
+    const float* cos;             // [max_len][HEAD_DIM]
+    const float* sin;
+    bf16* k_cache;                // [layers][NUM_KV_HEADS][max_len][HEAD_DIM]
+    bf16* v_cache;
+    float* h;                     // [ROWS][HIDDEN_SIZE] residual stream
+    bf16* q;                      // [ROWS][Q_SIZE]
+    float* attn_o;                // [ROWS][NUM_HEADS][KV_SPLITS][HEAD_DIM]
+    float* attn_max;              // [ROWS][NUM_HEADS][KV_SPLITS]
+    float* attn_sum;
+    bf16* attn;                   // [ROWS][Q_SIZE]
+    float* kpart;                 // [K_SPLITS][ROWS][HIDDEN_SIZE]
+    bf16* act;                    // [ROWS][INTERMEDIATE_SIZE]
+    float* logits;                // [ROWS][VOCAB_SIZE]
+    float* part_val;              // [ROWS][NUM_LM_TILES]: each LM-head tile's best logit
+    int32_t* part_idx;
+    int32_t* token;               // [ROWS] current tokens (the host writes the first)
+    int32_t* pos;                 // [ROWS] their positions
+    unsigned long long* counters; // never reset
+    unsigned long long* stop_epoch;  // the last epoch to run; SAMPLE lowers it on EOS or a host stop
+    int32_t* error;               // [4] code, instruction, epoch, counter
+    int32_t* abort_flag;
+    int32_t* out_tokens;          // host-mapped [num_epochs][ROWS]
+    int32_t* out_count;           // host-mapped: epochs whose tokens are in out_tokens
+    const int32_t* host_stop;     // host-mapped: set by the host to end the launch
+    unsigned long long* profile;  // [NUM_INSTRUCTIONS][PROFILE_STAMPS] of the last epoch, or null
+    unsigned long long first_epoch;
+    unsigned long long timeout_ns;
+    uint32_t num_epochs;
+    uint32_t max_len;
+    uint32_t stop_at_eos;         // end the launch after an EOS token (decode, one row)
+    uint32_t pad;
+};
+
+// Position in the ring of pages: page i of the stream sits in slot i % NUM_PAGES, in that slot's
+// (i / NUM_PAGES)-th use, whose parity its barriers' waits name.
+struct Ring {
+    uint32_t count = 0;  // pages of the stream taken so far
+    __device__ static uint32_t slot(uint32_t i) { return i % NUM_PAGES; }
+    __device__ static uint32_t phase(uint32_t i) { return (i / NUM_PAGES) & 1; }
+};
+
+__device__ __forceinline__ void consumers_sync() { mono_ptx::bar_sync<CONSUMERS>(); }
+
+// Profiling builds: thread 0 notes when a matvec's inputs are staged (k = 0) and its sums done (k = 1).
+__device__ __forceinline__ void stamp(const Params& p, uint8_t* smem, int k) {
+    if (p.profile && threadIdx.x == 0)
+        reinterpret_cast<unsigned long long*>(smem + OFF_FLAGS + 4 * FLAG_STAMPS)[k] = mono_ptx::globaltimer();
+}
+
+__device__ __forceinline__ float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
+
+// acc + w . x over 8 bf16 pairs: two halves of four products summed apart, then added to acc (a
+// shorter dependent chain than eight FMAs into acc).
+__device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc) {
+    const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
+    const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&x);
+    {
+        float2 a = __bfloat1622float2(wp[0]), b = __bfloat1622float2(xp[0]);
+        float lo = a.x * b.x;
+        lo = fmaf(a.y, b.y, lo);
+        a = __bfloat1622float2(wp[1]); b = __bfloat1622float2(xp[1]);
+        lo = fmaf(a.x, b.x, lo);
+        lo = fmaf(a.y, b.y, lo);
+        a = __bfloat1622float2(wp[2]); b = __bfloat1622float2(xp[2]);
+        float hi = a.x * b.x;
+        hi = fmaf(a.y, b.y, hi);
+        a = __bfloat1622float2(wp[3]); b = __bfloat1622float2(xp[3]);
+        hi = fmaf(a.x, b.x, hi);
+        hi = fmaf(a.y, b.y, hi);
+        return acc + (lo + hi);
+    }
+}
+
+// Sums v[m] over all consumer threads, in warp order: the same result on every thread.
+__device__ void block_sum(float (&v)[ROWS], float* stat, int t) {
+    const int warp = t / 32, lane = t % 32;
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+        float x = v[m];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+        if (lane == 0) stat[warp * ROWS + m] = x;
+    }
+    consumers_sync();
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+        float x = 0.f;
+        for (int w = 0; w < CONSUMER_WARPS; ++w) x += stat[w * ROWS + m];
+        v[m] = x;
+    }
+    consumers_sync();
+}

@@ -1,0 +1,235 @@
+// Staging a matvec's inputs into shared memory and the matvec over a tile's pages from the ring.
+// Tiles are packed [K/8][rows][8] (tiles.py); partial sums are added in a fixed order, so a row's
+// result never depends on timing or on which SM ran it.
+
+// x[m][k] = weight[k] * bf16(h[m][k] / rms(h[m])), as the reference's RMSNorm rounds. h is read once
+// (kept in registers between the sum of squares and the scaling).
+constexpr int NORM_VECS = (HIDDEN_SIZE / 4 + CONSUMERS - 1) / CONSUMERS;  // float4 of h per thread
+__device__ void stage_norm(const Params& p, uint8_t* smem, const bf16* weight, int t) {
+    float* stat = reinterpret_cast<float*>(smem + OFF_STAT);
+    bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
+    float4 hv[ROWS][NORM_VECS];
+    float ss[ROWS];
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+        ss[m] = 0.f;
+#pragma unroll
+        for (int i = 0; i < NORM_VECS; ++i) {
+            const int k = (t + i * CONSUMERS) * 4;
+            hv[m][i] = k < HIDDEN_SIZE ? __ldcg(reinterpret_cast<const float4*>(p.h + m * HIDDEN_SIZE + k))
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+            ss[m] += hv[m][i].x * hv[m][i].x + hv[m][i].y * hv[m][i].y + hv[m][i].z * hv[m][i].z +
+                     hv[m][i].w * hv[m][i].w;
+        }
+    }
+    block_sum(ss, stat, t);
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+        const float r = rsqrtf(ss[m] / HIDDEN_SIZE + RMS_NORM_EPS);
+#pragma unroll
+        for (int i = 0; i < NORM_VECS; ++i) {
+            const int k = (t + i * CONSUMERS) * 4;
+            if (k >= HIDDEN_SIZE) break;
+            const float h4[4] = {hv[m][i].x, hv[m][i].y, hv[m][i].z, hv[m][i].w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                x[m * X_COLS + k + j] =
+                    __float2bfloat16(__bfloat162float(__ldg(weight + k + j)) * bf16_round(h4[j] * r));
+        }
+    }
+    consumers_sync();
+}
+
+// x[m][0:n] = src[m][k0:k0 + n] (bf16 rows of length ld), 16 bytes at a time.
+__device__ void stage_rows(uint8_t* smem, const bf16* src, int ld, int k0, int n, int t) {
+    bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
+    for (int i = t; i < ROWS * (n / 8); i += CONSUMERS) {
+        const int m = i / (n / 8), c = (i % (n / 8)) * 8;
+        *reinterpret_cast<uint4*>(x + m * X_COLS + c) = __ldcg(reinterpret_cast<const uint4*>(src + m * ld + k0 + c));
+    }
+    consumers_sync();
+}
+
+// One page of whole k chunks ([chunks][rows][8]) for one warp; rows is a power of two. With rows <= 32
+// lane l owns row l % rows; with rows = 32 G it owns rows l + 32 g, g < G.
+template <int G>
+__device__ __forceinline__ void page_dot(const uint4* page, const bf16* x, uint32_t vectors, int rows, int kc0,
+                                         int lane, float (&acc)[8][ROWS]) {
+    // P independent partial sums per row (added in a fixed order at the end) keep P dot products in
+    // flight per lane instead of one long dependent chain.
+    constexpr int P = G >= 4 ? 1 : 4 / G;
+    float part[P][G][ROWS];
+#pragma unroll
+    for (int q = 0; q < P; ++q)
+#pragma unroll
+        for (int g = 0; g < G; ++g)
+#pragma unroll
+            for (int m = 0; m < ROWS; ++m) part[q][g][m] = 0.f;
+    if (G == 1) {
+        const int step = 32 / rows;  // chunks per 32 vectors
+        uint32_t s = lane;
+        int kc = kc0 + lane / rows;
+        for (; s + 32 * (P - 1) < vectors; s += 32 * P, kc += step * P) {
+            uint4 w[P];
+#pragma unroll
+            for (int q = 0; q < P; ++q) w[q] = page[s + 32 * q];
+#pragma unroll
+            for (int q = 0; q < P; ++q)
+#pragma unroll
+                for (int m = 0; m < ROWS; ++m)
+                    part[q][0][m] = dot8(w[q], *reinterpret_cast<const uint4*>(x + m * X_COLS + (kc + step * q) * 8),
+                                         part[q][0][m]);
+        }
+        for (; s < vectors; s += 32, kc += step)
+#pragma unroll
+            for (int m = 0; m < ROWS; ++m)
+                part[0][0][m] = dot8(page[s], *reinterpret_cast<const uint4*>(x + m * X_COLS + kc * 8), part[0][0][m]);
+    } else {
+        const uint32_t chunks = vectors / rows;
+        for (uint32_t c = 0; c < chunks; c += P) {
+#pragma unroll
+            for (int q = 0; q < P; ++q) {
+                if (c + q >= chunks) break;
+                uint4 xv[ROWS];
+#pragma unroll
+                for (int m = 0; m < ROWS; ++m)
+                    xv[m] = *reinterpret_cast<const uint4*>(x + m * X_COLS + (kc0 + c + q) * 8);
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    const uint4 w = page[(c + q) * rows + g * 32 + lane];
+#pragma unroll
+                    for (int m = 0; m < ROWS; ++m) part[q][g][m] = dot8(w, xv[m], part[q][g][m]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int m = 0; m < ROWS; ++m) {
+            float sum = part[0][g][m];
+#pragma unroll
+            for (int q = 1; q < P; ++q) sum += part[q][g][m];
+            acc[g][m] += sum;
+        }
+}
+
+__device__ __forceinline__ bool warp_pages_fit(int rows) {
+    return rows <= MAX_TILE_ROWS && (rows & (rows - 1)) == 0;  // a power of two: pages hold whole chunks
+}
+
+// y[r][m] = sum_k W[r][k] x[m][k] for a tile whose rows are a power of two: page k of the tile goes to
+// warp k % CONSUMER_WARPS, so the warps work on different pages at once; the partial sums are added
+// lane by lane (shuffles in a fixed pattern), then warp by warp in order.
+__device__ void matvec_warp_pages(const Params& p, uint8_t* smem, Ring& ring, uint32_t bytes, int rows, int t,
+                                  unsigned long long& page_wait) {
+    uint64_t* full = reinterpret_cast<uint64_t*>(smem + OFF_FULL);
+    uint64_t* empty = reinterpret_cast<uint64_t*>(smem + OFF_EMPTY);
+    const bf16* x = reinterpret_cast<const bf16*>(smem + OFF_X);
+    float* red = reinterpret_cast<float*>(smem + OFF_RED);
+    const int warp = t / 32, lane = t % 32;
+    const uint32_t pages = (bytes + PAGE_BYTES - 1) / PAGE_BYTES;
+    float acc[8][ROWS];
+#pragma unroll
+    for (int g = 0; g < 8; ++g)
+#pragma unroll
+        for (int m = 0; m < ROWS; ++m) acc[g][m] = 0.f;
+    for (uint32_t k = warp; k < pages; k += CONSUMER_WARPS) {
+        const uint32_t i = ring.count + k, slot = Ring::slot(i);
+        const unsigned long long before = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
+        mono_ptx::mbar_wait(&full[slot], Ring::phase(i));
+        if (p.profile && t == 0) page_wait += mono_ptx::globaltimer() - before;
+        const uint4* page = reinterpret_cast<const uint4*>(smem + OFF_PAGES + slot * PAGE_BYTES);
+        const uint32_t vectors = min(static_cast<uint32_t>(PAGE_BYTES), bytes - k * PAGE_BYTES) / 16;
+        const int kc0 = static_cast<int>(k * (PAGE_BYTES / 16) / rows);
+        switch (rows) {
+            case 64: page_dot<2>(page, x, vectors, rows, kc0, lane, acc); break;
+            case 128: page_dot<4>(page, x, vectors, rows, kc0, lane, acc); break;
+            case 256: page_dot<8>(page, x, vectors, rows, kc0, lane, acc); break;
+            default: page_dot<1>(page, x, vectors, rows, kc0, lane, acc); break;
+        }
+        __syncwarp();
+        if (lane == 0) mono_ptx::mbar_arrive(&empty[slot]);
+    }
+    ring.count += pages;
+    if (rows <= 32) {
+#pragma unroll
+        for (int m = 0; m < ROWS; ++m)
+            for (int o = 16; o >= rows; o >>= 1) acc[0][m] += __shfl_xor_sync(0xffffffffu, acc[0][m], o);
+        if (lane < rows)
+#pragma unroll
+            for (int m = 0; m < ROWS; ++m) red[(warp * rows + lane) * ROWS + m] = acc[0][m];
+    } else {
+#pragma unroll
+        for (int g = 0; g < 8; ++g)
+            if (g < rows / 32)
+#pragma unroll
+                for (int m = 0; m < ROWS; ++m) red[(warp * rows + lane + 32 * g) * ROWS + m] = acc[g][m];
+    }
+}
+
+// The same for any tile of up to CONSUMERS rows: every warp takes a share of every page. Thread t
+// owns row t % rows and every (CONSUMERS / rows)-th k chunk of it.
+__device__ void matvec_shared_pages(const Params& p, uint8_t* smem, Ring& ring, uint32_t bytes, int rows, int t,
+                                    unsigned long long& page_wait) {
+    uint64_t* full = reinterpret_cast<uint64_t*>(smem + OFF_FULL);
+    uint64_t* empty = reinterpret_cast<uint64_t*>(smem + OFF_EMPTY);
+    const bf16* x = reinterpret_cast<const bf16*>(smem + OFF_X);
+    float* red = reinterpret_cast<float*>(smem + OFF_RED);
+    const int per_row = CONSUMERS / rows, stride = per_row * rows;
+    const bool active = t < stride;
+    float acc[ROWS];
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) acc[m] = 0.f;
+    uint32_t first = 0;  // tile-relative index of the page's first 16-byte vector
+    for (uint32_t off = 0; off < bytes; off += PAGE_BYTES, ++ring.count) {
+        const uint32_t n = min(static_cast<uint32_t>(PAGE_BYTES), bytes - off) / 16, slot = Ring::slot(ring.count);
+        const unsigned long long before = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
+        mono_ptx::mbar_wait(&full[slot], Ring::phase(ring.count));
+        if (p.profile && t == 0) page_wait += mono_ptx::globaltimer() - before;
+        const uint4* page = reinterpret_cast<const uint4*>(smem + OFF_PAGES + slot * PAGE_BYTES);
+        if (active) {
+            uint32_t v = first + (t + stride - first % stride) % stride;
+            uint32_t kc = v / rows;
+#pragma unroll 4
+            for (; v < first + n; v += stride, kc += per_row) {
+                const uint4 w = page[v - first];
+#pragma unroll
+                for (int m = 0; m < ROWS; ++m)
+                    acc[m] = dot8(w, *reinterpret_cast<const uint4*>(x + m * X_COLS + kc * 8), acc[m]);
+            }
+        }
+        consumers_sync();  // every warp has read the page
+        if (t == 0) mono_ptx::mbar_arrive(&empty[slot]);
+        first += n;
+    }
+    // Laid out as the warp path's [groups][rows]: group j holds threads j * rows .. j * rows + rows - 1.
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) red[t * ROWS + m] = active ? acc[m] : 0.f;
+}
+
+// y[r][m] = sum_k W[r][k] x[m][k] for the instruction's tile of `rows` rows, its pages taken from the
+// ring in order; y as fp32 [rows][ROWS] in shared memory.
+__device__ void matvec_tile(const Params& p, uint8_t* smem, Ring& ring, uint32_t bytes, int rows, int t) {
+    stamp(p, smem, 0);
+    unsigned long long page_wait = 0;
+    const bool warp_pages = warp_pages_fit(rows);
+    if (warp_pages) {
+        matvec_warp_pages(p, smem, ring, bytes, rows, t, page_wait);
+    } else {
+        matvec_shared_pages(p, smem, ring, bytes, rows, t, page_wait);
+    }
+    consumers_sync();
+    const float* red = reinterpret_cast<const float*>(smem + OFF_RED);
+    float* y = reinterpret_cast<float*>(smem + OFF_Y);
+    const int groups = warp_pages ? CONSUMER_WARPS : CONSUMERS / rows;
+    for (int i = t; i < rows * ROWS; i += CONSUMERS) {
+        const int r = i / ROWS, m = i % ROWS;
+        float s = 0.f;
+        for (int j = 0; j < groups; ++j) s += red[(j * rows + r) * ROWS + m];
+        y[i] = s;
+    }
+    consumers_sync();
+    stamp(p, smem, 1);
+    if (p.profile && t == 0) reinterpret_cast<unsigned long long*>(smem + OFF_FLAGS + 4 * FLAG_STAMPS)[2] = page_wait;
+}

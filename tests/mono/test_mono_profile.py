@@ -1,0 +1,35 @@
+"""The profile summary: per-instruction-type means and the time per layer, from kernel timestamps."""
+import torch
+
+from mono_helpers import TILINGS, tiny
+
+from sonic.mono.builder import build_program
+from sonic.mono.instructions import Op
+from sonic.mono.profile import format_profile, summarize
+
+
+def fake_stamps(program, layer_gap_ns=7000):
+    """Each instruction: wait 100 ns, stage 200, matvec 300 (page waits 50), rest 400; layer l's
+    instructions start at l * layer_gap_ns."""
+    n = len(program.instructions)
+    stamps = torch.zeros(n, 7, dtype=torch.int64)
+    for i, ins in enumerate(program.instructions):
+        t0 = ins.layer * layer_gap_ns + i
+        stamps[i] = torch.tensor([t0, t0 + 100, t0 + 300, t0 + 600, t0 + 1000, t0, 50])
+    return stamps
+
+
+def test_summary_means_and_layer_time():
+    program = build_program(tiny("llama3"), TILINGS["split-k"])
+    summary = summarize(program, fake_stamps(program))
+    qkv = summary["ops"]["QKV_ROPE"]
+    assert qkv["count"] == program.count(Op.QKV_ROPE)
+    assert (qkv["wait_us"], qkv["stage_us"], qkv["matvec_us"], qkv["rest_us"], qkv["busy_us"]) == \
+        (0.1, 0.2, 0.3, 0.4, 0.9)
+    assert qkv["page_wait_us"] == 0.05 and qkv["weight_kib"] > 0
+    assert summary["ops"]["ATTN_PARTIAL"]["weight_kib"] == 0
+    # Layers start 7 us apart; the last instruction of each ends about 1 us after its own start.
+    assert abs(summary["layer_us"]["median"] - 7.0) < 0.1
+    assert set(summary["ops"]) == {op.name for op in Op}  # split-K: RESIDUAL too
+    text = format_profile("mono", summary)
+    assert "a layer every 7.0 us" in text and "QKV_ROPE" in text and "RESIDUAL" in text
