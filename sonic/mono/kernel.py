@@ -10,8 +10,7 @@ from sonic.mono.instructions import Op, Program
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ptx.cuh", "common.cuh", "matvec.cuh", "attention.cuh", "ops.cuh", "monokernel.cu")  # one source, in order
-CONSUMER_THREADS = 256                  # CONSUMERS in monokernel.cu: the widest tile it handles
-SHARED_BYTES = 227 * 1024               # SMEM_BYTES in monokernel.cu
+MAX_TILE_ROWS = 256  # MAX_TILE_ROWS in common.cuh: the widest tile the kernel handles
 
 
 def kernel_source(program: Program, defines: dict[str, int] | None = None) -> str:
@@ -40,8 +39,8 @@ def unsupported(program: Program) -> str | None:
             rows *= 2
         elif ins.op not in (Op.O_PROJ, Op.DOWN_PROJ, Op.LM_HEAD):
             continue
-        if rows > CONSUMER_THREADS:
-            return f"a {ins.op.name} tile of {rows} rows is wider than the kernel's {CONSUMER_THREADS} threads"
+        if rows > MAX_TILE_ROWS:
+            return f"a {ins.op.name} tile of {rows} rows is wider than the kernel's {MAX_TILE_ROWS} rows"
         if (ins.k_end - ins.k_begin) % 8 and ins.op in (Op.O_PROJ, Op.DOWN_PROJ):
             return f"a {ins.op.name} k split of {ins.k_end - ins.k_begin} is not a multiple of 8"
     return None

@@ -17,7 +17,7 @@ from sonic.engine.kv_cache import KVCache
 from sonic.engine.packed import PackedModel
 from sonic.errors import SonicError
 from sonic.mono.instructions import Program
-from sonic.mono.kernel import SHARED_BYTES, Params, compile_program, unsupported
+from sonic.mono.kernel import Params, compile_program, unsupported
 from sonic.mono.layout import encode_instructions, encode_schedule
 from sonic.mono.schedule import Schedule
 from sonic.mono.tiles import pack_tiles
@@ -55,11 +55,11 @@ class MonoKernel:
         self.device_index = dev.index or 0
         c, m, t = program.config, program.rows, program.tiling
         self.module = driver.Module(compile_program(program, defines), self.device_index)
-        self.fn = self.module.function("mono_decode", SHARED_BYTES)
-        layout = torch.zeros(4, dtype=torch.int32, device=dev)
+        layout = torch.zeros(4, dtype=torch.int32, device=dev)  # the launch's shape, as compiled
         driver.launch(self.module.function("mono_layout"), 1, 1, 0, _pointer_params(layout), self.device_index,
                       pdl=False)
         self.threads, self.shared_bytes, self.num_pages, lm_tiles = layout.tolist()
+        self.fn = self.module.function("mono_decode", self.shared_bytes)
         starts, items = encode_schedule(schedule)
         keep = {
             "instructions": torch.from_numpy(encode_instructions(program.instructions).view(np.uint8)).to(dev),

@@ -118,13 +118,26 @@ __device__ __forceinline__ bool warp_pages_fit(int rows) {
     return rows <= MAX_TILE_ROWS && (rows & (rows - 1)) == 0;  // a power of two: pages hold whole chunks
 }
 
+// Page i of the stream, once it has landed (thread 0 adds the wait to page_wait in profiling builds).
+__device__ __forceinline__ const uint4* wait_page(const Params& p, uint8_t* smem, uint32_t i, int t,
+                                                  unsigned long long& page_wait) {
+    uint64_t* full = reinterpret_cast<uint64_t*>(smem + OFF_FULL);
+    const unsigned long long before = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
+    mono_ptx::mbar_wait(&full[Ring::slot(i)], Ring::phase(i));
+    if (p.profile && t == 0) page_wait += mono_ptx::globaltimer() - before;
+    return reinterpret_cast<const uint4*>(smem + OFF_PAGES + Ring::slot(i) * PAGE_BYTES);
+}
+
+// Hands page i's slot back to the producer (one arrival per page).
+__device__ __forceinline__ void release_page(uint8_t* smem, uint32_t i) {
+    mono_ptx::mbar_arrive(reinterpret_cast<uint64_t*>(smem + OFF_EMPTY) + Ring::slot(i));
+}
+
 // y[r][m] = sum_k W[r][k] x[m][k] for a tile whose rows are a power of two: page k of the tile goes to
 // warp k % CONSUMER_WARPS, so the warps work on different pages at once; the partial sums are added
 // lane by lane (shuffles in a fixed pattern), then warp by warp in order.
 __device__ void matvec_warp_pages(const Params& p, uint8_t* smem, Ring& ring, uint32_t bytes, int rows, int t,
                                   unsigned long long& page_wait) {
-    uint64_t* full = reinterpret_cast<uint64_t*>(smem + OFF_FULL);
-    uint64_t* empty = reinterpret_cast<uint64_t*>(smem + OFF_EMPTY);
     const bf16* x = reinterpret_cast<const bf16*>(smem + OFF_X);
     float* red = reinterpret_cast<float*>(smem + OFF_RED);
     const int warp = t / 32, lane = t % 32;
@@ -135,11 +148,8 @@ __device__ void matvec_warp_pages(const Params& p, uint8_t* smem, Ring& ring, ui
 #pragma unroll
         for (int m = 0; m < ROWS; ++m) acc[g][m] = 0.f;
     for (uint32_t k = warp; k < pages; k += CONSUMER_WARPS) {
-        const uint32_t i = ring.count + k, slot = Ring::slot(i);
-        const unsigned long long before = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
-        mono_ptx::mbar_wait(&full[slot], Ring::phase(i));
-        if (p.profile && t == 0) page_wait += mono_ptx::globaltimer() - before;
-        const uint4* page = reinterpret_cast<const uint4*>(smem + OFF_PAGES + slot * PAGE_BYTES);
+        const uint32_t i = ring.count + k;
+        const uint4* page = wait_page(p, smem, i, t, page_wait);
         const uint32_t vectors = min(static_cast<uint32_t>(PAGE_BYTES), bytes - k * PAGE_BYTES) / 16;
         const int kc0 = static_cast<int>(k * (PAGE_BYTES / 16) / rows);
         switch (rows) {
@@ -149,7 +159,7 @@ __device__ void matvec_warp_pages(const Params& p, uint8_t* smem, Ring& ring, ui
             default: page_dot<1>(page, x, vectors, rows, kc0, lane, acc); break;
         }
         __syncwarp();
-        if (lane == 0) mono_ptx::mbar_arrive(&empty[slot]);
+        if (lane == 0) release_page(smem, i);
     }
     ring.count += pages;
     if (rows <= 32) {
@@ -172,8 +182,6 @@ __device__ void matvec_warp_pages(const Params& p, uint8_t* smem, Ring& ring, ui
 // owns row t % rows and every (CONSUMERS / rows)-th k chunk of it.
 __device__ void matvec_shared_pages(const Params& p, uint8_t* smem, Ring& ring, uint32_t bytes, int rows, int t,
                                     unsigned long long& page_wait) {
-    uint64_t* full = reinterpret_cast<uint64_t*>(smem + OFF_FULL);
-    uint64_t* empty = reinterpret_cast<uint64_t*>(smem + OFF_EMPTY);
     const bf16* x = reinterpret_cast<const bf16*>(smem + OFF_X);
     float* red = reinterpret_cast<float*>(smem + OFF_RED);
     const int per_row = CONSUMERS / rows, stride = per_row * rows;
@@ -183,11 +191,8 @@ __device__ void matvec_shared_pages(const Params& p, uint8_t* smem, Ring& ring, 
     for (int m = 0; m < ROWS; ++m) acc[m] = 0.f;
     uint32_t first = 0;  // tile-relative index of the page's first 16-byte vector
     for (uint32_t off = 0; off < bytes; off += PAGE_BYTES, ++ring.count) {
-        const uint32_t n = min(static_cast<uint32_t>(PAGE_BYTES), bytes - off) / 16, slot = Ring::slot(ring.count);
-        const unsigned long long before = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
-        mono_ptx::mbar_wait(&full[slot], Ring::phase(ring.count));
-        if (p.profile && t == 0) page_wait += mono_ptx::globaltimer() - before;
-        const uint4* page = reinterpret_cast<const uint4*>(smem + OFF_PAGES + slot * PAGE_BYTES);
+        const uint32_t n = min(static_cast<uint32_t>(PAGE_BYTES), bytes - off) / 16;
+        const uint4* page = wait_page(p, smem, ring.count, t, page_wait);
         if (active) {
             uint32_t v = first + (t + stride - first % stride) % stride;
             uint32_t kc = v / rows;
@@ -200,7 +205,7 @@ __device__ void matvec_shared_pages(const Params& p, uint8_t* smem, Ring& ring, 
             }
         }
         consumers_sync();  // every warp has read the page
-        if (t == 0) mono_ptx::mbar_arrive(&empty[slot]);
+        if (t == 0) release_page(smem, ring.count);
         first += n;
     }
     // Laid out as the warp path's [groups][rows]: group j holds threads j * rows .. j * rows + rows - 1.
