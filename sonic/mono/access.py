@@ -4,9 +4,10 @@ A region is (buffer, lo, hi) over the buffer's tiled axis; every instruction cov
 so rows are not part of a region. `pyvm.py` touches exactly these regions (its tests check that it
 reproduces the reference model, so a region missing here would show up there as a wrong result).
 
-Buffers: token, pos [rows]; h [rows, H] fp32 residual; q [rows, Nq] by q head; kv{l} the layer's
-cache by (group, k|v); attn_part by (group, split); attn [rows, Nq] by q head; kpart by
-(split, H row); act [rows, I]; logits [rows, V]; out (tokens to the host).
+Buffers: token, pos [rows]; h [rows, H] fp32 residual; q [rows, Nq] by (q head, part); kv{l} the
+layer's cache by (group, k|v, part); attn_part by (group, split); attn [rows, Nq] by q head; kpart by
+(split, H row); act [rows, I]; logits [rows, V]; out (tokens to the host). Parts are those of
+`Tiling.qkv_head_parts` (qkv_part_dims).
 """
 from __future__ import annotations
 
@@ -36,15 +37,16 @@ def _w(buffer, lo, hi):
 
 
 def _qkv(program: Program, ins: Instruction) -> list[Access]:
-    c = program.config
+    c, parts, part = program.config, program.tiling.qkv_head_parts, ins.split
     out = [_r("h", 0, c.hidden_size), _r("pos", 0, 1)]
     g, gqa = ins.group, c.gqa_group
-    q_end = min(ins.tile_end, gqa)
-    if ins.tile_begin < q_end:
-        out.append(_w("q", g * gqa + ins.tile_begin, g * gqa + q_end))
+    for slot in range(ins.tile_begin, min(ins.tile_end, gqa)):
+        unit = (g * gqa + slot) * parts + part
+        out.append(_w("q", unit, unit + 1))
     for slot, which in ((gqa, 0), (gqa + 1, 1)):  # the k head, then the v head
         if ins.tile_begin <= slot < ins.tile_end:
-            out.append(_w(f"kv{ins.layer}", 2 * g + which, 2 * g + which + 1))
+            unit = (2 * g + which) * parts + part
+            out.append(_w(f"kv{ins.layer}", unit, unit + 1))
     return out
 
 
@@ -65,8 +67,9 @@ def accesses(program: Program, ins: Instruction) -> list[Access]:
     if ins.op == Op.QKV_ROPE:
         return _qkv(program, ins)
     if ins.op == Op.ATTN_PARTIAL:
-        g = ins.group
-        return [_r("pos", 0, 1), _r("q", ins.tile_begin, ins.tile_end), _r(f"kv{ins.layer}", 2 * g, 2 * g + 2),
+        g, parts = ins.group, program.tiling.qkv_head_parts
+        return [_r("pos", 0, 1), _r("q", ins.tile_begin * parts, ins.tile_end * parts),
+                _r(f"kv{ins.layer}", 2 * g * parts, (2 * g + 2) * parts),
                 _w("attn_part", g * splits + ins.split, g * splits + ins.split + 1)]
     if ins.op == Op.ATTN_COMBINE:
         g = ins.group
@@ -74,8 +77,12 @@ def accesses(program: Program, ins: Instruction) -> list[Access]:
     if ins.op == Op.O_PROJ:
         # attn is addressed by q head, the projection by feature: convert its k range to heads.
         d = c.head_dim
+        h0, h1 = ins.k_begin // d, -(-ins.k_end // d)
         acc = _projection(program, ins, "attn")
-        return [_r("attn", ins.k_begin // d, -(-ins.k_end // d))] + acc[1:]
+        if program.tiling.combine_in_o:  # the splits of every group its heads belong to
+            g0, g1 = h0 // c.gqa_group, -(-h1 // c.gqa_group)
+            return [_r("attn_part", g0 * splits, g1 * splits)] + acc[1:]
+        return [_r("attn", h0, h1)] + acc[1:]
     if ins.op == Op.GATE_UP:
         return [_r("h", 0, h), _w("act", ins.tile_begin, ins.tile_end)]
     if ins.op == Op.DOWN_PROJ:

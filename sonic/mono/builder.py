@@ -6,6 +6,8 @@ so the blob streams front to back within an epoch.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sonic.config import ModelConfig
 from sonic.errors import SonicError
 from sonic.mono.instructions import Instruction, Op, Program, Tiling, Wait
@@ -94,24 +96,45 @@ class _Emitter:
         return self.wait_all(reduced)
 
 
+def fit_tiling(config: ModelConfig, tiling: Tiling) -> Tiling:
+    """The tiling as this model can use it: whole heads (one part) where q/k norm needs them."""
+    parts = tiling.qkv_head_parts
+    if parts > 1 and config.qk_norm:
+        return replace(tiling, qkv_head_parts=1)
+    if config.head_dim % (2 * parts):
+        raise SonicError(f"qkv_head_parts={parts} does not divide the head's {config.head_dim // 2} RoPE pairs: "
+                         "use a divisor of head_dim / 2")
+    return tiling
+
+
 def _layer(e: _Emitter, layer: int, h_ready: tuple[Wait, ...]) -> tuple[Wait, ...]:
     c, t = e.config, e.tiling
-    slots = c.gqa_group + 2
+    slots, parts = c.gqa_group + 2, t.qkv_head_parts
     qkv = [e.counter(f"L{layer}.qkv.g{g}") for g in range(c.num_key_value_heads)]
     for g in range(c.num_key_value_heads):
         for b, end in _ranges(slots, t.qkv_heads_per_tile):
-            e.emit(Op.QKV_ROPE, qkv[g], h_ready, layer=layer, group=g, tile_begin=b, tile_end=end)
+            for part in range(parts):
+                e.emit(Op.QKV_ROPE, qkv[g], h_ready, layer=layer, group=g, split=part, tile_begin=b,
+                       tile_end=end, k_end=parts)
     heads = lambda g: {"tile_begin": g * c.gqa_group, "tile_end": (g + 1) * c.gqa_group}  # noqa: E731
-    partial = [e.counter(f"L{layer}.attn.g{g}") for g in range(c.num_key_value_heads)]
+    if t.combine_in_o:  # one counter for every split of every group: each O tile merges them
+        merged = e.counter(f"L{layer}.attn")
+        partial = [merged] * c.num_key_value_heads
+    else:
+        partial = [e.counter(f"L{layer}.attn.g{g}") for g in range(c.num_key_value_heads)]
     for g in range(c.num_key_value_heads):
         for s in range(t.kv_splits):
             e.emit(Op.ATTN_PARTIAL, partial[g], e.wait_all(qkv[g]), layer=layer, group=g, split=s,
                    k_end=t.kv_splits, **heads(g))
-    combined = e.counter(f"L{layer}.combine")
-    for g in range(c.num_key_value_heads):
-        e.emit(Op.ATTN_COMBINE, combined, e.wait_all(partial[g]), layer=layer, group=g, k_end=t.kv_splits,
-               **heads(g))
-    h_ready = e.projection(Op.O_PROJ, layer, c.q_size, t.o_rows_per_tile, "o", e.wait_all(combined))
+    if t.combine_in_o:
+        attn_ready = e.wait_all(merged)
+    else:
+        combined = e.counter(f"L{layer}.combine")
+        for g in range(c.num_key_value_heads):
+            e.emit(Op.ATTN_COMBINE, combined, e.wait_all(partial[g]), layer=layer, group=g, k_end=t.kv_splits,
+                   **heads(g))
+        attn_ready = e.wait_all(combined)
+    h_ready = e.projection(Op.O_PROJ, layer, c.q_size, t.o_rows_per_tile, "o", attn_ready)
     gate_up = e.counter(f"L{layer}.gate_up")
     for b, end in _ranges(c.intermediate_size, t.gate_up_rows_per_tile):
         e.emit(Op.GATE_UP, gate_up, h_ready, layer=layer, tile_begin=b, tile_end=end)
@@ -130,6 +153,7 @@ def build_program(config: ModelConfig, tiling: Tiling = Tiling(), rows: int = 1,
         bad = next(k for k in want if shapes.get(k) != want[k])
         raise SonicError(f"packed weight {bad} has shape {shapes.get(bad)}, the config implies {want[bad]}: "
                          "pack the weights of this model")
+    tiling = fit_tiling(config, tiling)
     e = _Emitter(config, tiling)
     sample = e.counter("sample")
     embed = e.counter("embed")

@@ -21,15 +21,21 @@ def state_of(vm) -> dict[str, torch.Tensor]:
 def region_views(state: dict[str, torch.Tensor], vm, a: Access) -> list[torch.Tensor]:
     """The slices of `state` (the VM's tensors, or masks shaped like them) that a region names."""
     c, d, splits = vm.config, vm.config.head_dim, vm.program.tiling.kv_splits
+    parts = vm.program.tiling.qkv_head_parts
+    w, half = d // 2 // parts, d // 2
     if a.buffer in ("token", "pos"):
         return [state[a.buffer]]
     if a.buffer in ("h", "act", "logits"):
         return [state[a.buffer][:, a.lo:a.hi]]
-    if a.buffer in ("q", "attn"):
+    if a.buffer == "attn":
         return [state[a.buffer][:, a.lo * d:a.hi * d]]
-    if a.buffer.startswith("kv"):
+    if a.buffer == "q":  # (head, part): the part's two runs of dims
+        return [state["q"][:, head * d + lo:head * d + lo + w] for i in range(a.lo, a.hi)
+                for head, part in [divmod(i, parts)] for lo in (part * w, half + part * w)]
+    if a.buffer.startswith("kv"):  # (group, k|v, part)
         layer = int(a.buffer[2:])
-        return [state["kv"[i % 2]][layer, 0, i // 2] for i in range(a.lo, a.hi)]
+        return [state["kv"[slot % 2]][layer, 0, slot // 2, :, lo:lo + w] for i in range(a.lo, a.hi)
+                for slot, part in [divmod(i, parts)] for lo in (part * w, half + part * w)]
     if a.buffer == "attn_part":
         views = []
         for i in range(a.lo, a.hi):

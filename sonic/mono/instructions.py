@@ -9,10 +9,13 @@ its counter exactly once per epoch, so `count` is the number of instructions tha
 Tile ranges per opcode (`tile_begin:tile_end`, `k_begin:k_end`, `group`, `split`):
   EMBED         tile = hidden features written (all of them)
   QKV_ROPE      group = KV head group g; tile = head slots of the group, in group order: the group's
-                q heads (0..gqa-1), then its k head (gqa), then its v head (gqa+1)
+                q heads (0..gqa-1), then its k head (gqa), then its v head (gqa+1); split = part p of
+                k_end parts of each head: dims p*w..(p+1)*w and the same + D/2 (w = D / 2 / parts),
+                so every RoPE pair stays in one tile
   ATTN_PARTIAL  group g, split s of `Tiling.kv_splits`; tile = the group's q heads
   ATTN_COMBINE  group g; tile = the group's q heads; merges the splits in split order
-  O_PROJ        tile = output rows of H; k = input features of q_size; split = k split index
+  O_PROJ        tile = output rows of H; k = input features of q_size; split = k split index; with
+                `Tiling.combine_in_o` it merges the attention splits of its k range itself
   GATE_UP       tile = rows of the intermediate size (gate rows and the same up rows)
   DOWN_PROJ     tile = output rows of H; k = input features of I; split = k split index
   RESIDUAL      tile = rows of H: adds the k-split partials, in split order, to the residual
@@ -80,17 +83,22 @@ class Tiling:
     """How work is cut into instructions. Rows are output rows of a matvec; a tile's weights are
     contiguous in the packed blob, so one instruction is one contiguous stream."""
     qkv_heads_per_tile: int = 1     # head slots per QKV tile (whole heads: RoPE pairs d and d + D/2)
+    qkv_head_parts: int = 1         # parts of each head slot, RoPE pairs kept together (1 with q/k norm)
     o_rows_per_tile: int = 16
     gate_up_rows_per_tile: int = 16  # each tile streams these gate rows and the same up rows
     down_rows_per_tile: int = 16
     lm_head_rows_per_tile: int = 128
     k_splits: int = 1               # split-K of the O and down projections (reduced by RESIDUAL)
     kv_splits: int = 4              # split-KV of attention (merged by ATTN_COMBINE)
+    combine_in_o: bool = False      # O_PROJ merges the splits as it stages its inputs (no ATTN_COMBINE)
     weight_bytes: int = 2           # bytes per weight element (bf16)
 
     def __post_init__(self):
         for name, value in self.__dict__.items():
-            if not isinstance(value, int) or value < 1:
+            if name == "combine_in_o":
+                if not isinstance(value, bool):
+                    raise SonicError(f"invalid monokernel tiling {name}={value!r}: use True or False")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SonicError(f"invalid monokernel tiling {name}={value!r}: use a positive integer")
 
 

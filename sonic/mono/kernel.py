@@ -34,7 +34,7 @@ def unsupported(program: Program) -> str | None:
     for ins in program.instructions:
         rows = ins.tile_end - ins.tile_begin
         if ins.op == Op.QKV_ROPE:
-            rows *= c.head_dim
+            rows = rows * c.head_dim // max(ins.k_end, 1)
         elif ins.op == Op.GATE_UP:
             rows *= 2
         elif ins.op not in (Op.O_PROJ, Op.DOWN_PROJ, Op.LM_HEAD):
@@ -48,7 +48,7 @@ def unsupported(program: Program) -> str | None:
 
 _POINTERS = ("instructions", "queue_start", "queue", "blob", "smalls", "embed", "final_norm", "cos", "sin",
              "k_cache", "v_cache", "h", "q", "attn_o", "attn_max", "attn_sum", "attn", "kpart", "act", "logits",
-             "part_val", "part_idx", "token", "pos", "counters", "stop_epoch", "error", "abort_flag",
+             "part_val", "part_idx", "token", "pos", "start_pos", "counters", "stop_epoch", "error", "abort_flag",
              "out_tokens", "out_count", "host_stop", "profile")
 
 

@@ -22,7 +22,7 @@ from sonic.mono.layout import encode_instructions, encode_schedule
 from sonic.mono.schedule import Schedule
 from sonic.mono.tiles import pack_tiles
 
-PROFILE_STAMPS = 7
+PROFILE_STAMPS = 8
 TIMEOUT_S = 5.0  # a wait longer than this is a bug: every CTA stops and the host raises
 ERROR_TIMEOUT = 1
 
@@ -81,6 +81,7 @@ class MonoKernel:
             "part_idx": torch.zeros(m, lm_tiles, dtype=torch.int32, device=dev),
             "token": torch.zeros(m, dtype=torch.int32, device=dev),
             "pos": torch.zeros(m, dtype=torch.int32, device=dev),
+            "start_pos": torch.zeros(m, dtype=torch.int32, device=dev),
             "counters": torch.zeros(len(program.counters), dtype=torch.int64, device=dev),
             "stop_epoch": torch.zeros(1, dtype=torch.int64, device=dev),
             "error": torch.zeros(4, dtype=torch.int32, device=dev),
@@ -105,8 +106,8 @@ class MonoKernel:
     def profile_stamps(self) -> torch.Tensor | None:
         """[instructions, PROFILE_STAMPS] globaltimer stamps (ns) of the last epoch run: the wait
         began, inputs ready, inputs staged, matvec done, done (staged = done = ready without a matvec),
-        when the producer issued the copy of the instruction's last weight page, and the ns the
-        matvec waited for pages."""
+        when the producer issued the copy of the instruction's last weight page, the ns the matvec
+        waited for pages, and when thread 0 ended the op (before the barrier and the release)."""
         stamps = self.buffers.get("profile")
         return None if stamps is None else stamps.cpu()
 
@@ -157,6 +158,7 @@ class MonoKernel:
         dev = self.buffers["token"].device
         self.buffers["token"].copy_(torch.tensor(tokens, dtype=torch.int32, device=dev))
         self.buffers["pos"].copy_(torch.arange(start, start + m, dtype=torch.int32, device=dev))
+        self.buffers["start_pos"].copy_(self.buffers["pos"])
         self._launch(1)
         self._finish()
         return self.logits.clone()
@@ -168,6 +170,7 @@ class MonoKernel:
             raise ValueError("decode runs a one-row kernel")
         self.buffers["token"].fill_(token)
         self.buffers["pos"].fill_(position)
+        self.buffers["start_pos"].fill_(position)
         self._launch(n, stop_at_eos)
         stream = torch.cuda.current_stream(self.device_index)
         seen, finished = 0, False

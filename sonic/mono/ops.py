@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from sonic.engine.sampling import sample
 from sonic.mono.instructions import Instruction, Op
-from sonic.mono.tiles import blob_tile, qkv_slot_rows
+from sonic.mono.tiles import blob_tile, head_parts, qkv_part_dims, qkv_slot_rows
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -36,15 +36,20 @@ def embed(vm, ins: Instruction) -> None:
 
 
 def qkv_rope(vm, ins: Instruction) -> None:
+    """A part of a head holds whole RoPE pairs, so it rotates on its own; q/k norm needs the whole head
+    (the builder allows parts only without it)."""
     c, layer, d = vm.config, vm.packed.layers[ins.layer], vm.config.head_dim
     y = _matvec(vm, ins, rms_norm(vm.h, layer.attn_norm, c.rms_norm_eps))
     cos, sin = vm.cos[vm.pos].to(y.dtype), vm.sin[vm.pos].to(y.dtype)  # [rows, D]
+    dims = torch.tensor(qkv_part_dims(d, ins.split, head_parts(ins)))
+    width = len(dims)
     for i, slot in enumerate(range(ins.tile_begin, ins.tile_end)):
-        head = y[:, i * d:(i + 1) * d]
+        head = y.new_zeros(y.shape[0], d)
+        head[:, dims] = y[:, i * width:(i + 1) * width]
         if layer.b_qkv is not None:
             head = head + layer.b_qkv[slice(*qkv_slot_rows(c, ins.group, slot))]
         if slot == c.gqa_group + 1:  # v: straight into the cache
-            vm.cache.v[ins.layer, 0, ins.group, vm.pos] = head
+            vm.cache.v[ins.layer, 0, ins.group, vm.pos[:, None], dims] = head[:, dims]
             continue
         is_q = slot < c.gqa_group
         if layer.q_norm is not None:
@@ -52,9 +57,9 @@ def qkv_rope(vm, ins: Instruction) -> None:
         head = _rotate(head, cos, sin)
         if is_q:
             q_head = ins.group * c.gqa_group + slot
-            vm.q[:, q_head * d:(q_head + 1) * d] = head
+            vm.q[:, q_head * d + dims] = head[:, dims]
         else:
-            vm.cache.k[ins.layer, 0, ins.group, vm.pos] = head
+            vm.cache.k[ins.layer, 0, ins.group, vm.pos[:, None], dims] = head[:, dims]
 
 
 def key_range(vm, row: int, split: int) -> tuple[int, int]:
@@ -87,17 +92,23 @@ def attn_partial(vm, ins: Instruction) -> None:
         vm.attn_sum[row, heads, ins.split] = p.sum(-1)
 
 
-def attn_combine(vm, ins: Instruction) -> None:
-    d, heads = vm.config.head_dim, slice(ins.tile_begin, ins.tile_end)
-    best = vm.attn_max[:, heads].amax(dim=-1)           # [rows, gqa]
-    out = torch.zeros(vm.program.rows, ins.tile_end - ins.tile_begin, d)
-    total = torch.zeros(vm.program.rows, ins.tile_end - ins.tile_begin)
-    for s in range(ins.k_end):                                  # split order: deterministic
+def merged_attention(vm, h0: int, h1: int) -> torch.Tensor:
+    """The attention output [rows, (h1 - h0) * D] of q heads h0..h1, their KV splits merged in split
+    order (deterministic), in the working dtype."""
+    d, heads = vm.config.head_dim, slice(h0, h1)
+    best = vm.attn_max[:, heads].amax(dim=-1)           # [rows, heads]
+    out = torch.zeros(vm.program.rows, h1 - h0, d)
+    total = torch.zeros(vm.program.rows, h1 - h0)
+    for s in range(vm.program.tiling.kv_splits):
         scale = torch.exp(vm.attn_max[:, heads, s] - best)
         out += scale[..., None] * vm.attn_o[:, heads, s]
         total += scale * vm.attn_sum[:, heads, s]
-    merged = (out / total[..., None]).to(vm.attn.dtype)
-    vm.attn[:, ins.tile_begin * d:ins.tile_end * d] = merged.reshape(vm.program.rows, -1)
+    return (out / total[..., None]).to(vm.attn.dtype).reshape(vm.program.rows, -1)
+
+
+def attn_combine(vm, ins: Instruction) -> None:
+    d = vm.config.head_dim
+    vm.attn[:, ins.tile_begin * d:ins.tile_end * d] = merged_attention(vm, ins.tile_begin, ins.tile_end)
 
 
 def _into_residual(vm, ins: Instruction, y: torch.Tensor) -> None:
@@ -108,7 +119,13 @@ def _into_residual(vm, ins: Instruction, y: torch.Tensor) -> None:
 
 
 def o_proj(vm, ins: Instruction) -> None:
-    _into_residual(vm, ins, _matvec(vm, ins, vm.attn[:, ins.k_begin:ins.k_end]))
+    if vm.program.tiling.combine_in_o:  # merge the splits of the heads the k range covers
+        d = vm.config.head_dim
+        h0, h1 = ins.k_begin // d, -(-ins.k_end // d)
+        x = merged_attention(vm, h0, h1)[:, ins.k_begin - h0 * d:ins.k_end - h0 * d]
+    else:
+        x = vm.attn[:, ins.k_begin:ins.k_end]
+    _into_residual(vm, ins, _matvec(vm, ins, x))
 
 
 def down_proj(vm, ins: Instruction) -> None:

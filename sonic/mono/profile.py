@@ -2,8 +2,10 @@
 
 A profiling kernel (`MonoKernel(..., profile=True)`) records, for every instruction of the launch's
 last epoch: when its wait began, when its inputs were ready, when its matvec inputs were staged,
-when its matvec was done, when it finished, when the producer issued its last weight page, and how
-long the matvec waited for pages. `summarize` turns that into what `sonic bench --profile` reports.
+when its matvec was done, when it finished, when the producer issued its last weight page, how
+long the matvec waited for pages, and when thread 0 ended the op. The time after the matvec splits
+into the epilogue (to the op's end) and the release (the barrier of every consumer thread and the
+signal). `summarize` turns that into what `sonic bench --profile` reports.
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ LAYER_END_OPS = (Op.DOWN_PROJ, Op.RESIDUAL)
 
 def summarize(program: Program, stamps: torch.Tensor) -> dict:
     """{"epoch_us", "layer_us": {median, min, max}, "ops": {name: {count, wait_us, busy_us, stage_us,
-    matvec_us, rest_us, page_wait_us, weight_kib}}} from stamps [instructions, 7] in ns."""
+    matvec_us, epilogue_us, release_us, page_wait_us, weight_kib}}} from stamps [instructions, 8] in
+    ns."""
     st = stamps.double()
-    start, ready, staged, done_mv, end, page_wait = st[:, 0], st[:, 1], st[:, 2], st[:, 3], st[:, 4], st[:, 6]
+    start, ready, staged, done_mv, end = st[:, 0], st[:, 1], st[:, 2], st[:, 3], st[:, 4]
+    page_wait, op_done = st[:, 6], st[:, 7]
     ops = {}
     for op in Op:
         idx = [i for i, ins in enumerate(program.instructions) if ins.op == op]
@@ -30,7 +34,8 @@ def summarize(program: Program, stamps: torch.Tensor) -> dict:
         mean = lambda x: round(float(x[i].mean()) / 1e3, 3)  # noqa: E731
         ops[op.name] = {"count": len(idx), "wait_us": mean(ready - start), "busy_us": mean(end - ready),
                         "stage_us": mean(staged - ready), "matvec_us": mean(done_mv - staged),
-                        "rest_us": mean(end - done_mv), "page_wait_us": mean(page_wait),
+                        "epilogue_us": mean(op_done - done_mv), "release_us": mean(end - op_done),
+                        "page_wait_us": mean(page_wait),
                         "weight_kib": round(sum(program.instructions[j].weight_bytes for j in idx) / len(idx) / 1024, 1)}
     layers = program.config.num_hidden_layers
     ends = [max(float(end[j]) for j, ins in enumerate(program.instructions)
@@ -47,8 +52,9 @@ def format_profile(runner: str, summary: dict) -> str:
     lines = [f"{runner}: one token in {summary['epoch_us']:.1f} us inside the kernel; a layer every "
              f"{layer['median']:.1f} us (min {layer['min']:.1f}, max {layer['max']:.1f})",
              f"  {'instruction':<13}{'count':>7}{'KiB':>7}{'wait':>8}{'busy':>8}{'stage':>8}{'matvec':>8}"
-             f"{'rest':>8}{'pages':>8}   (us, mean per instruction)"]
+             f"{'epilog':>8}{'release':>8}{'pages':>8}   (us, mean per instruction)"]
     for name, o in summary["ops"].items():
         lines.append(f"  {name:<13}{o['count']:>7}{o['weight_kib']:>7.0f}{o['wait_us']:>8.2f}{o['busy_us']:>8.2f}"
-                     f"{o['stage_us']:>8.2f}{o['matvec_us']:>8.2f}{o['rest_us']:>8.2f}{o['page_wait_us']:>8.2f}")
+                     f"{o['stage_us']:>8.2f}{o['matvec_us']:>8.2f}{o['epilogue_us']:>8.2f}{o['release_us']:>8.2f}"
+                     f"{o['page_wait_us']:>8.2f}")
     return "\n".join(lines)

@@ -28,11 +28,23 @@ def qkv_slot_rows(config: ModelConfig, group: int, slot: int) -> tuple[int, int]
     return base + group * d, base + (group + 1) * d
 
 
+def head_parts(ins: Instruction) -> int:
+    """Parts each head slot of a QKV tile is cut into (k_end; 0 in lists built before parts)."""
+    return max(ins.k_end, 1)
+
+
+def qkv_part_dims(head_dim: int, part: int, parts: int) -> list[int]:
+    """Dims of one part of a head: w = head_dim / 2 / parts of the first half and the same of the
+    second, so each RoPE pair (d, d + head_dim / 2) lies in one part."""
+    w, half = head_dim // 2 // parts, head_dim // 2
+    return list(range(part * w, (part + 1) * w)) + list(range(half + part * w, half + (part + 1) * w))
+
+
 def tile_shape(config: ModelConfig, ins: Instruction) -> tuple[int, int] | None:
     """(rows, K) of the instruction's weight tile, or None for ops that stream no matrix."""
     c = config
     if ins.op == Op.QKV_ROPE:
-        return (ins.tile_end - ins.tile_begin) * c.head_dim, c.hidden_size
+        return (ins.tile_end - ins.tile_begin) * c.head_dim // head_parts(ins), c.hidden_size
     if ins.op == Op.GATE_UP:
         return 2 * (ins.tile_end - ins.tile_begin), c.hidden_size
     if ins.op in (Op.O_PROJ, Op.DOWN_PROJ):
@@ -47,8 +59,9 @@ def tile_matrix(packed: PackedModel, config: ModelConfig, ins: Instruction) -> t
     rows = slice(ins.tile_begin, ins.tile_end)
     if ins.op == Op.QKV_ROPE:
         w = packed.layers[ins.layer].w_qkv
-        parts = [w[slice(*qkv_slot_rows(config, ins.group, s))] for s in range(ins.tile_begin, ins.tile_end)]
-        return torch.cat(parts)
+        dims = torch.tensor(qkv_part_dims(config.head_dim, ins.split, head_parts(ins)))
+        slots = [w[qkv_slot_rows(config, ins.group, s)[0] + dims] for s in range(ins.tile_begin, ins.tile_end)]
+        return torch.cat(slots)
     if ins.op == Op.GATE_UP:
         w, inter = packed.layers[ins.layer].w_gate_up, config.intermediate_size
         return torch.cat([w[rows], w[ins.tile_begin + inter:ins.tile_end + inter]])

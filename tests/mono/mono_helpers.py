@@ -20,6 +20,9 @@ TILINGS = {
                      lm_head_rows_per_tile=64, kv_splits=4),
     "split-k": Tiling(qkv_heads_per_tile=2, o_rows_per_tile=24, gate_up_rows_per_tile=40, down_rows_per_tile=20,
                       lm_head_rows_per_tile=100, k_splits=3, kv_splits=3),
+    # Heads cut in two parts, the attention merged in O's staging, split-K projections.
+    "parts": Tiling(qkv_head_parts=2, combine_in_o=True, o_rows_per_tile=16, gate_up_rows_per_tile=32,
+                    k_splits=2, kv_splits=3),
 }
 
 

@@ -24,7 +24,9 @@ CONFIGS["gqa7-hd24"] = ModelConfig("qwen2", 1000, 168, 448, 2, 7, 1, 24, attenti
                                    tie_word_embeddings=True, max_position_embeddings=1024)
 TILINGS = {"default": None,
            "split-k": Tiling(qkv_heads_per_tile=2, o_rows_per_tile=24, gate_up_rows_per_tile=40,
-                             down_rows_per_tile=8, lm_head_rows_per_tile=100, k_splits=3, kv_splits=3)}
+                             down_rows_per_tile=8, lm_head_rows_per_tile=100, k_splits=3, kv_splits=3),
+           # heads in four parts, the merge in O's staging with O's k split (whole heads for q/k norm)
+           "parts-k": Tiling(qkv_head_parts=4, combine_in_o=True, o_rows_per_tile=24, k_splits=2, kv_splits=3)}
 STEPS = 96
 TOL = 0.05
 

@@ -8,7 +8,7 @@ from sonic.engine.packed import pack_model
 from sonic.errors import SonicError
 from sonic.mono.builder import build_program, packed_shapes, shapes_of
 from sonic.mono.instructions import Op, Tiling
-from sonic.mono.tiles import MATRIX_OPS, blob_tile, pack_tiles, tile_matrix
+from sonic.mono.tiles import MATRIX_OPS, blob_tile, pack_tiles, qkv_part_dims, tile_matrix
 from sonic.presets import PRESETS
 
 
@@ -31,10 +31,17 @@ def test_tiles_cover_every_output_once(family, tiling):
     _assert_partition([(i.tile_begin, i.tile_end) for i in by_op(Op.LM_HEAD)], c.vocab_size)
     for layer in range(c.num_hidden_layers):
         for g in range(c.num_key_value_heads):
-            qkv = [(i.tile_begin, i.tile_end) for i in by_op(Op.QKV_ROPE, layer) if i.group == g]
-            _assert_partition(qkv, c.gqa_group + 2)
+            parts = program.tiling.qkv_head_parts  # 1 where q/k norm needs whole heads
+            for part in range(parts):
+                qkv = [(i.tile_begin, i.tile_end) for i in by_op(Op.QKV_ROPE, layer) if i.group == g and i.split == part]
+                _assert_partition(qkv, c.gqa_group + 2)
+            assert {i.split for i in by_op(Op.QKV_ROPE, layer)} == set(range(parts))
             assert sorted(i.split for i in by_op(Op.ATTN_PARTIAL, layer) if i.group == g) == list(range(t.kv_splits))
-        _assert_partition([(i.tile_begin, i.tile_end) for i in by_op(Op.ATTN_COMBINE, layer)], c.num_attention_heads)
+        combines = [(i.tile_begin, i.tile_end) for i in by_op(Op.ATTN_COMBINE, layer)]
+        if t.combine_in_o:
+            assert combines == []
+        else:
+            _assert_partition(combines, c.num_attention_heads)
         _assert_partition([(i.tile_begin, i.tile_end) for i in by_op(Op.GATE_UP, layer)], c.intermediate_size)
         residuals = 0
         for op, k_size in ((Op.O_PROJ, c.q_size), (Op.DOWN_PROJ, c.intermediate_size)):
@@ -60,11 +67,11 @@ def test_weights_are_streamed_once_in_instruction_order():
     assert program.weight_bytes == 2 * (c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3-untied-gqa4"])
-def test_the_blob_holds_each_tile_contiguously(family):
+@pytest.mark.parametrize("family,tiling", [("qwen2", "split-k"), ("qwen3-untied-gqa4", "split-k"), ("qwen2", "parts")])
+def test_the_blob_holds_each_tile_contiguously(family, tiling):
     model = tiny_model(family)
     packed = pack_model(model)
-    program = build_program(model.config, TILINGS["split-k"], shapes=shapes_of(packed))
+    program = build_program(model.config, TILINGS[tiling], shapes=shapes_of(packed))
     blob = pack_tiles(packed, program)
     assert blob.numel() == program.weight_bytes // program.tiling.weight_bytes
     for ins in program.instructions:
@@ -87,3 +94,14 @@ def test_mistakes_end_in_one_clear_error():
         build_program(c, rows=9)
     with pytest.raises(SonicError, match="invalid monokernel tiling kv_splits=0"):
         Tiling(kv_splits=0)
+    with pytest.raises(SonicError, match="invalid monokernel tiling combine_in_o=1: use True or False"):
+        Tiling(combine_in_o=1)
+    with pytest.raises(SonicError, match="qkv_head_parts=3 does not divide the head's 8 RoPE pairs"):
+        build_program(c.with_(head_dim=16), Tiling(qkv_head_parts=3))
+
+
+def test_head_parts_keep_rope_pairs_together():
+    assert qkv_part_dims(8, 0, 2) == [0, 1, 4, 5] and qkv_part_dims(8, 1, 2) == [2, 3, 6, 7]
+    assert qkv_part_dims(8, 0, 1) == list(range(8))
+    # q/k norm normalises whole heads: such a model keeps one part.
+    assert build_program(tiny("qwen3"), Tiling(qkv_head_parts=2)).tiling.qkv_head_parts == 1

@@ -9,13 +9,13 @@ from sonic.mono.profile import format_profile, summarize
 
 
 def fake_stamps(program, layer_gap_ns=7000):
-    """Each instruction: wait 100 ns, stage 200, matvec 300 (page waits 50), rest 400; layer l's
-    instructions start at l * layer_gap_ns."""
+    """Each instruction: wait 100 ns, stage 200, matvec 300 (page waits 50), epilogue 250, release
+    150; layer l's instructions start at l * layer_gap_ns."""
     n = len(program.instructions)
-    stamps = torch.zeros(n, 7, dtype=torch.int64)
+    stamps = torch.zeros(n, 8, dtype=torch.int64)
     for i, ins in enumerate(program.instructions):
         t0 = ins.layer * layer_gap_ns + i
-        stamps[i] = torch.tensor([t0, t0 + 100, t0 + 300, t0 + 600, t0 + 1000, t0, 50])
+        stamps[i] = torch.tensor([t0, t0 + 100, t0 + 300, t0 + 600, t0 + 1000, t0, 50, t0 + 850])
     return stamps
 
 
@@ -24,8 +24,8 @@ def test_summary_means_and_layer_time():
     summary = summarize(program, fake_stamps(program))
     qkv = summary["ops"]["QKV_ROPE"]
     assert qkv["count"] == program.count(Op.QKV_ROPE)
-    assert (qkv["wait_us"], qkv["stage_us"], qkv["matvec_us"], qkv["rest_us"], qkv["busy_us"]) == \
-        (0.1, 0.2, 0.3, 0.4, 0.9)
+    assert (qkv["wait_us"], qkv["stage_us"], qkv["matvec_us"], qkv["epilogue_us"], qkv["release_us"],
+            qkv["busy_us"]) == (0.1, 0.2, 0.3, 0.25, 0.15, 0.9)
     assert qkv["page_wait_us"] == 0.05 and qkv["weight_kib"] > 0
     assert summary["ops"]["ATTN_PARTIAL"]["weight_kib"] == 0
     # Layers start 7 us apart; the last instruction of each ends about 1 us after its own start.

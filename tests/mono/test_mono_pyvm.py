@@ -19,7 +19,8 @@ STEPS = 32
 
 @pytest.mark.parametrize("family,tiling", [("llama3", "direct"), ("llama3", "split-k"), ("qwen2", "direct"),
                                            ("qwen2", "split-k"), ("qwen3", "split-k"), ("qwen3-untied-gqa4", "direct"),
-                                           ("mistral", "split-k"), ("smollm2", "direct")])
+                                           ("mistral", "split-k"), ("smollm2", "direct"), ("llama3", "parts"),
+                                           ("qwen2", "parts"), ("mistral", "parts")])
 def test_greedy_tokens_and_logits_match_the_reference(family, tiling):
     """32 tokens in one launch: Llama 3 (RoPE scaling), Qwen2 (bias), Qwen3 (q/k norm), Mistral
     (sliding window of 8, passed by this run), SmolLM2 (tied, 9 heads)."""
@@ -137,7 +138,7 @@ def test_a_wait_for_too_few_signals_is_caught_when_it_passes_early():
 
 
 @pytest.mark.parametrize("family,tiling,rows", [("qwen3", "split-k", 1), ("qwen2", "direct", 1),
-                                                ("mistral", "split-k", 3)])
+                                                ("mistral", "split-k", 3), ("qwen2", "parts", 1), ("llama3", "parts", 2)])
 def test_instructions_touch_only_what_they_declare(family, tiling, rows):
     """Under the guard every undeclared region is poisoned: the results still match the reference."""
     model = tiny_model(family)

@@ -27,13 +27,14 @@ def test_presets_spread_their_weights_evenly_over_132_sms(preset):
     program = build_program(PRESETS[preset])
     schedule = list_schedule(program, H100_SMS)
     check_queues(program, schedule)
-    cost = CostModel()
     loads = [sum(program.instructions[i].weight_bytes for i in q) for q in schedule.queues]
     mean = sum(loads) / len(loads)
     assert max(loads) < 1.1 * mean, (max(loads) / mean)
-    # Near the floor of streaming every byte at the bandwidth of all SMs, and never below it.
-    floor = program.weight_bytes / (H100_SMS * cost.sm_bytes_per_us)
-    assert floor < schedule.makespan_us < 1.1 * floor
+    # With a small fixed cost, near the floor of streaming every byte at the bandwidth of all SMs,
+    # and never below it (with the default cost, the chain of fixed costs bounds a small model).
+    cheap = CostModel(fixed_us=0.3)
+    floor = program.weight_bytes / (H100_SMS * cheap.sm_bytes_per_us)
+    assert floor < list_schedule(program, H100_SMS, cheap).makespan_us < 1.1 * floor
 
 
 def test_independent_instructions_run_side_by_side():

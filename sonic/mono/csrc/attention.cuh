@@ -5,7 +5,7 @@
 // taken ATTN_CHUNK at a time with an online softmax across chunks. Each pass issues all of its K and
 // V loads at once (into registers: a key row per thread, column pairs of V per thread), so a pass
 // costs one round trip to memory, the next pass's loads overlapping this pass's last barrier.
-__device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t* smem) {
+__device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t* smem, unsigned long long epoch) {
     const int t = threadIdx.x, warp = t / 32, lane = t % 32;
     float* qs = reinterpret_cast<float*>(smem + OFF_ATTN_Q);
     float* run = reinterpret_cast<float*>(smem + OFF_ATTN_RUN);  // [0]: max, [GQA]: sum, [2 GQA]: rescale
@@ -31,7 +31,7 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
         }
     };
     for (int m = 0; m < ROWS; ++m) {
-        const int pos = __ldcg(p.pos + m);
+        const int pos = position(p, m, epoch);
         const int lo = SLIDING_WINDOW ? max(0, pos - SLIDING_WINDOW + 1) : 0, hi = pos + 1;
         const int chunk = (hi - lo + KV_SPLITS - 1) / KV_SPLITS;
         const int a = min(lo + ins.split * chunk, hi), b = min(a + chunk, hi);
@@ -148,4 +148,37 @@ __device__ void op_attn_combine(const Params& p, const Instruction& ins) {
         __stcg(reinterpret_cast<unsigned short*>(p.attn + m * Q_SIZE + head * HEAD_DIM + d),
                __bfloat16_as_ushort(__float2bfloat16(out / total)));
     }
+}
+
+// O's inputs with the combine folded in (Tiling.combine_in_o): x[m][c] = attention output feature
+// k0 + c, its head's splits merged exactly as op_attn_combine merges them. First the per-(row,
+// head) scales and totals into the reduction scratch (free until the matvec), then the features.
+constexpr int MERGE_FLOATS = ROWS * NUM_HEADS * (KV_SPLITS + 1);
+static_assert(!COMBINE_IN_O || MERGE_FLOATS <= RED_FLOATS, "too many heads x splits to merge in O's staging");
+__device__ void stage_attention(const Params& p, uint8_t* smem, int k0, int k1, int t) {
+    float* merge = reinterpret_cast<float*>(smem + OFF_RED);  // [rows][heads][splits] scales, then totals
+    bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
+    const int h0 = k0 / HEAD_DIM, h1 = (k1 + HEAD_DIM - 1) / HEAD_DIM, nh = h1 - h0, n = k1 - k0;
+    for (int i = t; i < ROWS * nh; i += CONSUMERS) {
+        const int m = i / nh, head = h0 + i % nh, base = (m * NUM_HEADS + head) * KV_SPLITS;
+        float best = -INFINITY;
+        for (int s = 0; s < KV_SPLITS; ++s) best = fmaxf(best, __ldcg(p.attn_max + base + s));
+        float total = 0.f;
+        for (int s = 0; s < KV_SPLITS; ++s) {  // split order: deterministic
+            const float scale = __expf(__ldcg(p.attn_max + base + s) - best);
+            merge[i * KV_SPLITS + s] = scale;
+            total += scale * __ldcg(p.attn_sum + base + s);
+        }
+        merge[ROWS * nh * KV_SPLITS + i] = total;
+    }
+    consumers_sync();
+    for (int i = t; i < ROWS * n; i += CONSUMERS) {
+        const int m = i / n, c = i % n, k = k0 + c, hi = k / HEAD_DIM - h0, d = k % HEAD_DIM;
+        const int base = (m * NUM_HEADS + h0 + hi) * KV_SPLITS;
+        const float* scale = merge + (m * nh + hi) * KV_SPLITS;
+        float out = 0.f;
+        for (int s = 0; s < KV_SPLITS; ++s) out += scale[s] * __ldcg(p.attn_o + static_cast<size_t>(base + s) * HEAD_DIM + d);
+        x[m * X_COLS + c] = __float2bfloat16(out / merge[ROWS * nh * KV_SPLITS + m * nh + hi]);
+    }
+    consumers_sync();
 }

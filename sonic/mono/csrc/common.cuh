@@ -10,7 +10,10 @@ using bf16 = __nv_bfloat16;
 constexpr int CONSUMER_WARPS = MONO_CONSUMER_WARPS;
 constexpr int CONSUMERS = CONSUMER_WARPS * 32;
 constexpr int THREADS = CONSUMERS + 32;
-constexpr int PAGE_BYTES = 16384;
+#ifndef MONO_PAGE_KIB
+#define MONO_PAGE_KIB 16
+#endif
+constexpr int PAGE_BYTES = MONO_PAGE_KIB * 1024;
 constexpr int SMEM_BYTES = 227 * 1024;  // dynamic shared memory of the launch: Hopper's maximum
 
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
@@ -40,7 +43,7 @@ static_assert(SMALL_PER_LAYER % 8 == 0, "per-layer blocks stay 16-byte aligned")
 
 // Shared memory, carved from one dynamic allocation (offsets in bytes).
 constexpr int OFF_FULL = 0;                                            // uint64 per page: filled
-constexpr int MAX_PAGES = 16;
+constexpr int MAX_PAGES = 32;
 constexpr int OFF_EMPTY = OFF_FULL + 8 * MAX_PAGES;                    // uint64 per page: drained
 constexpr int OFF_FLAGS = OFF_EMPTY + 8 * MAX_PAGES;                   // go, exit, consumed, ...
 constexpr int OFF_STAT = OFF_FLAGS + 64;                               // float [CONSUMER_WARPS][ROWS] + ROWS
@@ -58,10 +61,11 @@ constexpr int NUM_PAGES = (SMEM_BYTES - OFF_PAGES) / PAGE_BYTES < MAX_PAGES ? (S
                                                                            : MAX_PAGES;
 static_assert(NUM_PAGES >= 2, "the model's activations leave no room for the weight ring: use fewer rows");
 
-enum Flag { FLAG_GO = 0, FLAG_EXIT = 1, FLAG_CONSUMED = 2, FLAG_STAMPS = 4 };  // stamps: 3 x uint64
-// wait began, inputs ready, inputs staged, matvec done, done; the producer's issue of the last page
-// and (thread 0) the ns the matvec spent waiting for its pages to land
-constexpr int PROFILE_STAMPS = 7;
+enum Flag { FLAG_GO = 0, FLAG_EXIT = 1, FLAG_CONSUMED = 2, FLAG_PAUSE = 3, FLAG_STAMPS = 4 };  // stamps: 3 x uint64
+// wait began, inputs ready, inputs staged, matvec done, done; the producer's issue of the last page,
+// (thread 0) the ns the matvec spent waiting for its pages to land, and thread 0's end of the op
+// (before the barrier and the release)
+constexpr int PROFILE_STAMPS = 8;
 enum Error { ERROR_NONE = 0, ERROR_TIMEOUT = 1 };
 
 struct Params {
@@ -89,6 +93,7 @@ struct Params {
     int32_t* part_idx;
     int32_t* token;               // [ROWS] current tokens (the host writes the first)
     int32_t* pos;                 // [ROWS] their positions
+    const int32_t* start_pos;     // [ROWS] the positions of the launch's first epoch (read-only)
     unsigned long long* counters; // never reset
     unsigned long long* stop_epoch;  // the last epoch to run; SAMPLE lowers it on EOS or a host stop
     int32_t* error;               // [4] code, instruction, epoch, counter
@@ -114,6 +119,30 @@ struct Ring {
 };
 
 __device__ __forceinline__ void consumers_sync() { mono_ptx::bar_sync<CONSUMERS>(); }
+
+// Row m's position in `epoch`: one more per epoch from the launch's start, as SAMPLE advances it. Read
+// from a buffer the kernel never writes (cached), so no op waits a round trip to L2 for it.
+__device__ __forceinline__ int position(const Params& p, int m, unsigned long long epoch) {
+    return __ldg(p.start_pos + m) + static_cast<int>(epoch - p.first_epoch);
+}
+
+// What the matvec inputs in shared memory (x) hold: the epoch and the instruction's staging key
+// (opcode, layer, k range). An instruction that would stage the same inputs again skips it: the
+// second gate/up tile of a layer on an SM, the LM-head tiles after the first.
+struct Staged {
+    unsigned long long epoch = 0, key = ~0ull;
+    // True when x must be staged for this instruction (and from now on holds its inputs).
+    __device__ bool fresh(unsigned long long e, const Instruction& ins) {
+        const unsigned long long k = static_cast<unsigned long long>(ins.opcode) |
+                                     static_cast<unsigned long long>(ins.layer) << 8 |
+                                     static_cast<unsigned long long>(ins.k_begin) << 24 |
+                                     static_cast<unsigned long long>(ins.k_end) << 44;
+        if (e == epoch && k == key) return false;
+        epoch = e;
+        key = k;
+        return true;
+    }
+};
 
 // Profiling builds: thread 0 notes when a matvec's inputs are staged (k = 0) and its sums done (k = 1).
 __device__ __forceinline__ void stamp(const Params& p, uint8_t* smem, int k) {

@@ -6,6 +6,18 @@
 // consumer warps (0..7) wait on their inputs. Consumers wait on monotonic counters (acquire),
 // compute, store, and add 1 to the instruction's counter (release).
 
+// The SM's memory requests queue behind its bulk copies in flight: a signal's release fence waits
+// for them (measured: 2.5-3.4 us after a 256 KiB tile with twelve 16 KiB pages in flight, 0.6-0.8
+// us with two and the pause). So the producer keeps MONO_IN_FLIGHT copies in flight at most (still
+// enough for the SM's share of HBM), and with MONO_PAUSE issues none while a release is pending.
+#ifndef MONO_PAUSE
+#define MONO_PAUSE 1
+#endif
+#ifndef MONO_IN_FLIGHT
+#define MONO_IN_FLIGHT 2
+#endif
+constexpr uint32_t IN_FLIGHT = MONO_IN_FLIGHT;
+
 // ---- waits, signals, the two roles ----
 
 // Thread 0 polls the instruction's counters; false when the launch must end instead (a stop before
@@ -74,6 +86,14 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
         const uint32_t slot = Ring::slot(ring.count);
         while (!mono_ptx::mbar_try_wait(&empty[slot], Ring::phase(ring.count) ^ 1))
             if (flags[FLAG_EXIT]) goto drain;
+        if (IN_FLIGHT < NUM_PAGES && ring.count >= IN_FLIGHT) {  // page count - IN_FLIGHT has landed
+            const uint32_t old = ring.count - IN_FLIGHT;
+            while (!mono_ptx::mbar_try_wait(&full[Ring::slot(old)], Ring::phase(old)))
+                if (flags[FLAG_EXIT]) goto drain;
+        }
+        if (MONO_PAUSE)
+            while (flags[FLAG_PAUSE])
+                if (flags[FLAG_EXIT]) goto drain;
         mono_ptx::mbar_expect_tx(&full[slot], n);
         mono_ptx::bulk_copy(smem + OFF_PAGES + slot * PAGE_BYTES, src, n, &full[slot], policy);
         if (p.profile && copy.last) p.profile[PROFILE_STAMPS * copy.index + 5] = mono_ptx::globaltimer();
@@ -90,6 +110,7 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
     const int t = threadIdx.x;
     volatile uint32_t* flags = reinterpret_cast<volatile uint32_t*>(smem + OFF_FLAGS);
     Ring ring;
+    Staged staged;
     for (uint32_t e = 0; e < p.num_epochs; ++e) {
         const unsigned long long epoch = p.first_epoch + e;
         for (uint32_t qi = q0; qi < q1; ++qi) {
@@ -102,19 +123,24 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             if (!flags[FLAG_GO]) goto done;
             switch (ins.opcode) {
                 case OP_EMBED: op_embed(p, ins); break;
-                case OP_QKV_ROPE: op_qkv_rope(p, ins, smem, ring); break;
-                case OP_ATTN_PARTIAL: op_attn_partial(p, ins, smem); break;
+                case OP_QKV_ROPE: op_qkv_rope(p, ins, smem, ring, epoch, staged); break;
+                case OP_ATTN_PARTIAL: op_attn_partial(p, ins, smem, epoch); break;
                 case OP_ATTN_COMBINE: op_attn_combine(p, ins); break;
-                case OP_O_PROJ: op_projection(p, ins, smem, ring, p.attn, Q_SIZE); break;
-                case OP_GATE_UP: op_gate_up(p, ins, smem, ring); break;
-                case OP_DOWN_PROJ: op_projection(p, ins, smem, ring, p.act, INTERMEDIATE_SIZE); break;
+                case OP_O_PROJ: op_projection(p, ins, smem, ring, p.attn, Q_SIZE, epoch, staged); break;
+                case OP_GATE_UP: op_gate_up(p, ins, smem, ring, epoch, staged); break;
+                case OP_DOWN_PROJ: op_projection(p, ins, smem, ring, p.act, INTERMEDIATE_SIZE, epoch, staged); break;
                 case OP_RESIDUAL: op_residual(p, ins); break;
-                case OP_LM_HEAD: op_lm_head(p, ins, smem, ring); break;
+                case OP_LM_HEAD: op_lm_head(p, ins, smem, ring, epoch, staged); break;
                 case OP_SAMPLE: op_sample(p, epoch, smem); break;
                 default: break;
             }
+            const unsigned long long op_done = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();  // every thread's stores are done before the release
-            if (t == 0) mono_ptx::red_release_add(p.counters + ins.signal, 1ull);
+            if (t == 0) {
+                if (MONO_PAUSE) flags[FLAG_PAUSE] = 1;
+                mono_ptx::red_release_add(p.counters + ins.signal, 1ull);
+                if (MONO_PAUSE) flags[FLAG_PAUSE] = 0;
+            }
             if (p.profile && t == 0) {
                 unsigned long long* out = p.profile + PROFILE_STAMPS * index;
                 const unsigned long long* marks = reinterpret_cast<unsigned long long*>(smem + OFF_FLAGS + 4 * FLAG_STAMPS);
@@ -125,6 +151,7 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
                 out[3] = matvec ? marks[1] : ready;
                 out[4] = mono_ptx::globaltimer();
                 out[6] = matvec ? marks[2] : 0;
+                out[7] = op_done;
             }
         }
     }
@@ -149,6 +176,7 @@ extern "C" __global__ void __maxnreg__(224) mono_decode(const __grid_constant__ 
         volatile uint32_t* flags = reinterpret_cast<volatile uint32_t*>(smem + OFF_FLAGS);
         flags[FLAG_EXIT] = 0;
         flags[FLAG_CONSUMED] = 0;
+        flags[FLAG_PAUSE] = 0;
         mono_ptx::fence_barrier_init();
     }
     __syncthreads();

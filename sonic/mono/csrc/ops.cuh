@@ -16,19 +16,26 @@ __device__ __forceinline__ int qkv_slot_row(int group, int slot) {
     return Q_SIZE + (slot == GQA_GROUP ? 0 : KV_SIZE) + group * HEAD_DIM;
 }
 
-__device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* smem, Ring& ring) {
+// A tile holds `slots` head slots of the group, each cut to part `split` of `k_end` parts: rows
+// 0..w-1 of a slot are dims d0..d0+w-1, rows w..2w-1 the same + HEAD_DIM / 2 (tiles.qkv_part_dims),
+// so every RoPE pair is in the tile. q/k norm needs whole heads (one part).
+__device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* smem, Ring& ring,
+                            unsigned long long epoch, Staged& staged) {
     const int t = threadIdx.x, slots = ins.tile_end - ins.tile_begin;
+    const int parts = ins.k_end > 1 ? ins.k_end : 1, per_slot = HEAD_DIM / parts, w = per_slot / 2;
+    const int d0 = ins.split * w;
     const bf16* small = p.smalls + static_cast<size_t>(ins.layer) * SMALL_PER_LAYER;
     float* y = reinterpret_cast<float*>(smem + OFF_Y);
     float* stat = reinterpret_cast<float*>(smem + OFF_STAT);
-    stage_norm(p, smem, small + SMALL_ATTN_NORM, t);
-    matvec_tile(p, smem, ring, ins.weight_bytes, slots * HEAD_DIM, t);
+    if (staged.fresh(epoch, ins)) stage_norm(p, smem, small + SMALL_ATTN_NORM, t);
+    matvec_tile(p, smem, ring, ins.weight_bytes, slots * per_slot, t);
     // Round as the reference's bf16 matmul does, then add the bias in bf16.
-    for (int i = t; i < slots * HEAD_DIM * ROWS; i += CONSUMERS) {
-        const int r = i / ROWS, slot = ins.tile_begin + r / HEAD_DIM;
+    for (int i = t; i < slots * per_slot * ROWS; i += CONSUMERS) {
+        const int r = i / ROWS, slot = ins.tile_begin + r / per_slot, j = r % per_slot;
+        const int dim = j < w ? d0 + j : HALF_DIM + d0 + j - w;
         float v = bf16_round(y[i]);
         if (ATTENTION_BIAS)
-            v = bf16_round(v + __bfloat162float(small[SMALL_BIAS + qkv_slot_row(ins.group, slot) + r % HEAD_DIM]));
+            v = bf16_round(v + __bfloat162float(small[SMALL_BIAS + qkv_slot_row(ins.group, slot) + dim]));
         y[i] = v;
     }
     consumers_sync();
@@ -44,11 +51,11 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
         }
         consumers_sync();
     }
-    for (int i = t; i < slots * HALF_DIM * ROWS; i += CONSUMERS) {
-        const int m = i % ROWS, pair = i / ROWS, s = pair / HALF_DIM, d = pair % HALF_DIM;
+    for (int i = t; i < slots * w * ROWS; i += CONSUMERS) {
+        const int m = i % ROWS, pair = i / ROWS, s = pair / w, j = pair % w, d = d0 + j;
         const int slot = ins.tile_begin + s;
-        float a = y[(s * HEAD_DIM + d) * ROWS + m], b = y[(s * HEAD_DIM + d + HALF_DIM) * ROWS + m];
-        const int pos = __ldcg(p.pos + m);
+        float a = y[(s * per_slot + j) * ROWS + m], b = y[(s * per_slot + w + j) * ROWS + m];
+        const int pos = position(p, m, epoch);
         const size_t cache_row = ((static_cast<size_t>(ins.layer) * NUM_KV_HEADS + ins.group) * p.max_len + pos) * HEAD_DIM;
         if (slot == GQA_GROUP + 1) {  // v: straight into the cache
             __stcg(reinterpret_cast<unsigned short*>(p.v_cache + cache_row + d), __bfloat16_as_ushort(__float2bfloat16(a)));
@@ -59,9 +66,9 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
         const bool is_q = slot < GQA_GROUP;
         if (QK_NORM) {
             const float r = stat[s * ROWS + m];
-            const bf16* w = small + (is_q ? SMALL_Q_NORM : SMALL_K_NORM);
-            a = bf16_round(__bfloat162float(w[d]) * bf16_round(a * r));
-            b = bf16_round(__bfloat162float(w[d + HALF_DIM]) * bf16_round(b * r));
+            const bf16* wn = small + (is_q ? SMALL_Q_NORM : SMALL_K_NORM);
+            a = bf16_round(__bfloat162float(wn[d]) * bf16_round(a * r));
+            b = bf16_round(__bfloat162float(wn[d + HALF_DIM]) * bf16_round(b * r));
         }
         const float* cs = p.cos + static_cast<size_t>(pos) * HEAD_DIM;
         const float* sn = p.sin + static_cast<size_t>(pos) * HEAD_DIM;
@@ -80,10 +87,16 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
 
 // O and down projections: into the residual, or a split-K partial that RESIDUAL adds later.
 __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* smem, Ring& ring, const bf16* src,
-                              int ld) {
+                              int ld, unsigned long long epoch, Staged& staged) {
     const int t = threadIdx.x, rows = ins.tile_end - ins.tile_begin;
     const float* y = reinterpret_cast<const float*>(smem + OFF_Y);
-    stage_rows(smem, src, ld, ins.k_begin, ins.k_end - ins.k_begin, t);
+    if (staged.fresh(epoch, ins)) {
+        if (COMBINE_IN_O && ins.opcode == OP_O_PROJ) {
+            stage_attention(p, smem, ins.k_begin, ins.k_end, t);
+        } else {
+            stage_rows(smem, src, ld, ins.k_begin, ins.k_end - ins.k_begin, t);
+        }
+    }
     matvec_tile(p, smem, ring, ins.weight_bytes, rows, t);
     for (int i = t; i < rows * ROWS; i += CONSUMERS) {
         const int r = ins.tile_begin + i / ROWS, m = i % ROWS;
@@ -108,10 +121,12 @@ __device__ void op_residual(const Params& p, const Instruction& ins) {
     }
 }
 
-__device__ void op_gate_up(const Params& p, const Instruction& ins, uint8_t* smem, Ring& ring) {
+__device__ void op_gate_up(const Params& p, const Instruction& ins, uint8_t* smem, Ring& ring,
+                           unsigned long long epoch, Staged& staged) {
     const int t = threadIdx.x, n = ins.tile_end - ins.tile_begin;
     const float* y = reinterpret_cast<const float*>(smem + OFF_Y);
-    stage_norm(p, smem, p.smalls + static_cast<size_t>(ins.layer) * SMALL_PER_LAYER + SMALL_MLP_NORM, t);
+    if (staged.fresh(epoch, ins))
+        stage_norm(p, smem, p.smalls + static_cast<size_t>(ins.layer) * SMALL_PER_LAYER + SMALL_MLP_NORM, t);
     matvec_tile(p, smem, ring, ins.weight_bytes, 2 * n, t);
     for (int i = t; i < n * ROWS; i += CONSUMERS) {
         const int r = i / ROWS, m = i % ROWS;
@@ -147,10 +162,11 @@ __device__ void block_argmax(float& v, int& i, uint8_t* smem, int t) {
     consumers_sync();
 }
 
-__device__ void op_lm_head(const Params& p, const Instruction& ins, uint8_t* smem, Ring& ring) {
+__device__ void op_lm_head(const Params& p, const Instruction& ins, uint8_t* smem, Ring& ring,
+                           unsigned long long epoch, Staged& staged) {
     const int t = threadIdx.x, rows = ins.tile_end - ins.tile_begin;
     const float* y = reinterpret_cast<const float*>(smem + OFF_Y);
-    stage_norm(p, smem, p.final_norm, t);
+    if (staged.fresh(epoch, ins)) stage_norm(p, smem, p.final_norm, t);
     matvec_tile(p, smem, ring, ins.weight_bytes, rows, t);
     const int tile = ins.tile_begin / LM_HEAD_ROWS_PER_TILE;
     for (int m = 0; m < ROWS; ++m) {
@@ -185,7 +201,7 @@ __device__ void op_sample(const Params& p, unsigned long long epoch, uint8_t* sm
         if (idx < 0 || idx >= VOCAB_SIZE) idx = 0;  // NaN logits: a valid token, never a wild embedding row
         if (t == 0) {
             __stcg(p.token + m, idx);
-            __stcg(p.pos + m, __ldcg(p.pos + m) + 1);
+            __stcg(p.pos + m, position(p, m, epoch) + 1);
             p.out_tokens[(epoch - p.first_epoch) * ROWS + m] = idx;
             for (int e = 0; e < NUM_EOS; ++e) eos |= idx == EOS_TOKENS[e];
         }
