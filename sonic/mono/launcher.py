@@ -38,6 +38,16 @@ def small_weights(packed: PackedModel) -> torch.Tensor:
     return torch.stack(blocks).contiguous()
 
 
+def check_block_fits(fn, threads: int, model: str) -> None:
+    """A cooperative launch of blocks too big for an SM fails with a driver error that names neither
+    the cause nor the way out: say both."""
+    from sonic.kernels.cuda import driver
+    most, registers = driver.block_limits(fn)
+    if most < threads:
+        raise SonicError(f"the monokernel for {model} was compiled with {registers} registers per thread, "
+                         f"too many for its {threads} threads ({most} fit): use --runner graph")
+
+
 class MonoKernel:
     def __init__(self, program: Program, schedule: Schedule, packed: PackedModel, cache: KVCache,
                  cos: torch.Tensor, sin: torch.Tensor, profile: bool = False,
@@ -60,6 +70,7 @@ class MonoKernel:
                       pdl=False)
         self.threads, self.shared_bytes, self.num_pages, lm_tiles = layout.tolist()
         self.fn = self.module.function("mono_decode", self.shared_bytes)
+        check_block_fits(self.fn, self.threads, program.config.name or "this model")
         starts, items = encode_schedule(schedule)
         keep = {
             "instructions": torch.from_numpy(encode_instructions(program.instructions).view(np.uint8)).to(dev),

@@ -1,5 +1,6 @@
 """The CUDA monokernel builds for sm_90a wherever nvcc is installed (no GPU needed): no register
-spills and no stack frame for any model shape; and the host-side pieces that need no GPU."""
+spills and no stack frame for any model shape, registers that let nine warps fit an SM; and the
+host-side pieces that need no GPU."""
 from __future__ import annotations
 
 import ctypes
@@ -10,6 +11,7 @@ import torch
 
 from mono_helpers import tiny, tiny_model
 
+from sonic.errors import SonicError
 from sonic.kernels.cuda import build
 from sonic.mono.builder import build_program
 from sonic.mono.codegen import generate_header
@@ -28,6 +30,8 @@ SHAPES = {  # head_dim 64 and 128, q/k norm, bias with split-K and tiles that ar
                                                                       gate_up_rows_per_tile=40, k_splits=3)),
 }
 
+SPILLS = {"qwen3-1.7b": 32}  # bytes of stack and spill stores allowed
+
 
 @needs_nvcc
 @pytest.mark.parametrize("shape", sorted(SHAPES))
@@ -37,7 +41,15 @@ def test_kernel_compiles_without_spills_or_stack(shape):
     report = build.ptxas_report(kernel_source(program))
     props = dict(zip(re.findall(r"Function properties for (\w+)", report),
                      re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", report)))
-    assert props["mono_decode"] == ("0", "0", "0"), report
+    registers = dict(zip(re.findall(r"Compiling entry function '(\w+)'", report),
+                         map(int, re.findall(r"Used (\d+) registers", report))))
+    # Nine warps launch only at <= 170 registers per thread (three warps on one sub-partition).
+    assert registers["mono_decode"] <= 170, report
+    if shape in SPILLS:  # head_dim 128 under the cap: a few bytes, not a hot-loop stack
+        stack, stores, loads = map(int, props["mono_decode"])
+        assert stack <= SPILLS[shape] and stores <= SPILLS[shape], report
+    else:
+        assert props["mono_decode"] == ("0", "0", "0"), report
 
 
 @needs_nvcc
@@ -161,3 +173,14 @@ def test_a_kernel_error_is_raised_once(fake_stream):
     with pytest.raises(SonicError, match="waited more than"):
         list(fake.kernel.decode(1, 3, 2))
     assert fake.finishes == 1
+
+
+def test_a_block_too_big_for_an_sm_is_a_clear_error(monkeypatch):
+    from sonic.kernels.cuda import driver
+    from sonic.mono.launcher import check_block_fits
+    monkeypatch.setattr(driver, "block_limits", lambda fn: (256, 188))
+    with pytest.raises(SonicError, match="compiled with 188 registers per thread, too many for its 288 threads "
+                                         r"\(256 fit\): use --runner graph"):
+        check_block_fits(None, 288, "llama-3.2-1b")
+    monkeypatch.setattr(driver, "block_limits", lambda fn: (288, 168))
+    check_block_fits(None, 288, "llama-3.2-1b")

@@ -73,6 +73,20 @@ class Module:
         return fn
 
 
+_MAX_THREADS_PER_BLOCK = 0  # CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK
+_NUM_REGS = 4               # CU_FUNC_ATTRIBUTE_NUM_REGS
+
+
+def block_limits(fn: ctypes.c_void_p) -> tuple[int, int]:
+    """(most threads one block of `fn` can have, registers per thread) as compiled."""
+    out = []
+    for attr in (_MAX_THREADS_PER_BLOCK, _NUM_REGS):
+        value = ctypes.c_int()
+        _check(_lib().cuFuncGetAttribute(ctypes.byref(value), attr, fn), "cuFuncGetAttribute")
+        out.append(value.value)
+    return out[0], out[1]
+
+
 def launch(fn: ctypes.c_void_p, grid: int, block: int, shared_bytes: int, params: ctypes.Structure,
            device_index: int, pdl: bool, cooperative: bool = False):
     """One launch of `fn(params)` on torch's current stream of the device. A cooperative launch fails

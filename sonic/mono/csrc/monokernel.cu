@@ -163,7 +163,10 @@ done:
     }
 }
 
-extern "C" __global__ void __maxnreg__(224) mono_decode(const __grid_constant__ Params p) {
+// Nine warps (eight consumers, the producer) put three on one of the SM's four sub-partitions, whose
+// 16384 registers hold three warps only at <= 170 registers per thread: past that the launch fails
+// ("too many blocks in cooperative launch"). A cap of 168 spills a little on head_dim 128 instead.
+extern "C" __global__ void __maxnreg__(168) mono_decode(const __grid_constant__ Params p) {
     extern __shared__ __align__(1024) uint8_t smem[];
     const uint32_t q0 = p.queue_start[blockIdx.x], q1 = p.queue_start[blockIdx.x + 1];
     if (threadIdx.x == 0) {
