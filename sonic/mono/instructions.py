@@ -89,7 +89,7 @@ class Tiling:
     down_rows_per_tile: int = 16
     lm_head_rows_per_tile: int = 128
     k_splits: int = 1               # split-K of the O and down projections (reduced by RESIDUAL)
-    kv_splits: int = 4              # split-KV of attention (merged by ATTN_COMBINE)
+    kv_splits: int = 4              # split-KV of attention (merged by ATTN_COMBINE, or in O's staging)
     combine_in_o: bool = False      # O_PROJ merges the splits as it stages its inputs (no ATTN_COMBINE)
     weight_bytes: int = 2           # bytes per weight element (bf16)
 

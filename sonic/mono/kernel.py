@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sonic.mono.codegen import generate_header
 from sonic.mono.instructions import Op, Program
+from sonic.mono.tiles import head_parts
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ptx.cuh", "common.cuh", "matvec.cuh", "attention.cuh", "ops.cuh", "monokernel.cu")  # one source, in order
@@ -34,7 +35,7 @@ def unsupported(program: Program) -> str | None:
     for ins in program.instructions:
         rows = ins.tile_end - ins.tile_begin
         if ins.op == Op.QKV_ROPE:
-            rows = rows * c.head_dim // max(ins.k_end, 1)
+            rows = rows * c.head_dim // head_parts(ins)
         elif ins.op == Op.GATE_UP:
             rows *= 2
         elif ins.op not in (Op.O_PROJ, Op.DOWN_PROJ, Op.LM_HEAD):
