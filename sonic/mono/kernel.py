@@ -49,7 +49,7 @@ def unsupported(program: Program) -> str | None:
 
 _POINTERS = ("instructions", "queue_start", "queue", "blob", "smalls", "embed", "final_norm", "cos", "sin",
              "k_cache", "v_cache", "h", "q", "attn_o", "attn_max", "attn_sum", "attn", "kpart", "act", "logits",
-             "part_val", "part_idx", "token", "pos", "start_pos", "counters", "stop_epoch", "error", "abort_flag",
+             "part_val", "part_idx", "token", "pos", "counters", "stop_epoch", "error", "abort_flag",
              "out_tokens", "out_count", "host_stop", "profile")
 
 

@@ -92,7 +92,6 @@ class MonoKernel:
             "part_idx": torch.zeros(m, lm_tiles, dtype=torch.int32, device=dev),
             "token": torch.zeros(m, dtype=torch.int32, device=dev),
             "pos": torch.zeros(m, dtype=torch.int32, device=dev),
-            "start_pos": torch.zeros(m, dtype=torch.int32, device=dev),
             "counters": torch.zeros(len(program.counters), dtype=torch.int64, device=dev),
             "stop_epoch": torch.zeros(1, dtype=torch.int64, device=dev),
             "error": torch.zeros(4, dtype=torch.int32, device=dev),
@@ -169,7 +168,6 @@ class MonoKernel:
         dev = self.buffers["token"].device
         self.buffers["token"].copy_(torch.tensor(tokens, dtype=torch.int32, device=dev))
         self.buffers["pos"].copy_(torch.arange(start, start + m, dtype=torch.int32, device=dev))
-        self.buffers["start_pos"].copy_(self.buffers["pos"])
         self._launch(1)
         self._finish()
         return self.logits.clone()
@@ -181,7 +179,6 @@ class MonoKernel:
             raise ValueError("decode runs a one-row kernel")
         self.buffers["token"].fill_(token)
         self.buffers["pos"].fill_(position)
-        self.buffers["start_pos"].fill_(position)
         self._launch(n, stop_at_eos)
         stream = torch.cuda.current_stream(self.device_index)
         seen, finished = 0, False

@@ -73,9 +73,9 @@ def test_source_is_the_header_then_the_kernel_and_deterministic():
 
 
 def test_parameter_block_layout():
-    # 33 pointers, two 64-bit values, four 32-bit ones: the order of struct Params.
-    assert ctypes.sizeof(Params) == 33 * 8 + 16 + 16
-    assert Params.first_epoch.offset == 33 * 8 and Params.num_epochs.offset == 33 * 8 + 16
+    # 32 pointers, two 64-bit values, four 32-bit ones: the order of struct Params.
+    assert ctypes.sizeof(Params) == 32 * 8 + 16 + 16
+    assert Params.first_epoch.offset == 32 * 8 and Params.num_epochs.offset == 32 * 8 + 16
 
 
 def test_unsupported_shapes_say_why():
@@ -122,8 +122,7 @@ class _FakeLaunch:
         self.kernel = object.__new__(MonoKernel)
         k = self.kernel
         k.program = build_program(tiny("llama3"), Tiling())
-        k.buffers = {"token": torch.zeros(1, dtype=torch.int32), "pos": torch.zeros(1, dtype=torch.int32),
-                     "start_pos": torch.zeros(1, dtype=torch.int32)}
+        k.buffers = {"token": torch.zeros(1, dtype=torch.int32), "pos": torch.zeros(1, dtype=torch.int32)}
         k.device_index, k.epochs = 0, 0
         k.out_tokens = np.array(tokens, dtype=np.int32)
         k.out_count = np.zeros(1, dtype=np.int32)

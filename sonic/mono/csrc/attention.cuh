@@ -133,52 +133,58 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
     }
 }
 
-__device__ void op_attn_combine(const Params& p, const Instruction& ins) {
-    for (int i = threadIdx.x; i < ROWS * GQA_GROUP * HEAD_DIM; i += CONSUMERS) {
-        const int m = i / (GQA_GROUP * HEAD_DIM), head = ins.group * GQA_GROUP + (i / HEAD_DIM) % GQA_GROUP;
-        const int d = i % HEAD_DIM, base = (m * NUM_HEADS + head) * KV_SPLITS;
-        float best = -INFINITY;
-        for (int s = 0; s < KV_SPLITS; ++s) best = fmaxf(best, __ldcg(p.attn_max + base + s));
-        float out = 0.f, total = 0.f;
-        for (int s = 0; s < KV_SPLITS; ++s) {  // split order: deterministic
-            const float scale = __expf(__ldcg(p.attn_max + base + s) - best);
-            out += scale * __ldcg(p.attn_o + static_cast<size_t>(base + s) * HEAD_DIM + d);
-            total += scale * __ldcg(p.attn_sum + base + s);
-        }
-        __stcg(reinterpret_cast<unsigned short*>(p.attn + m * Q_SIZE + head * HEAD_DIM + d),
-               __bfloat16_as_ushort(__float2bfloat16(out / total)));
-    }
-}
-
-// O's inputs with the combine folded in (Tiling.combine_in_o): x[m][c] = attention output feature
-// k0 + c, its head's splits merged exactly as op_attn_combine merges them. First the per-(row,
-// head) scales and totals into the reduction scratch (free until the matvec), then the features.
+// The merge of a head's KV splits, in split order (deterministic), shared by ATTN_COMBINE and O's
+// staging (Tiling.combine_in_o). First merge_scales: for each (row, head) of heads h0..h0+nh-1 the
+// split scales and the total into `merge` (the reduction scratch, free outside a matvec); then, after
+// a barrier, merged() gives any feature of those heads.
 constexpr int MERGE_FLOATS = ROWS * NUM_HEADS * (KV_SPLITS + 1);
-static_assert(!COMBINE_IN_O || MERGE_FLOATS <= RED_FLOATS, "too many heads x splits to merge in O's staging");
-__device__ void stage_attention(const Params& p, uint8_t* smem, int k0, int k1, int t) {
-    float* merge = reinterpret_cast<float*>(smem + OFF_RED);  // [rows][heads][splits] scales, then totals
-    bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
-    const int h0 = k0 / HEAD_DIM, h1 = (k1 + HEAD_DIM - 1) / HEAD_DIM, nh = h1 - h0, n = k1 - k0;
+static_assert(MERGE_FLOATS <= RED_FLOATS, "too many heads x splits to merge in the reduction scratch");
+__device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int t) {
     for (int i = t; i < ROWS * nh; i += CONSUMERS) {
-        const int m = i / nh, head = h0 + i % nh, base = (m * NUM_HEADS + head) * KV_SPLITS;
+        const int m = i / nh, base = (m * NUM_HEADS + h0 + i % nh) * KV_SPLITS;
         float best = -INFINITY;
         for (int s = 0; s < KV_SPLITS; ++s) best = fmaxf(best, __ldcg(p.attn_max + base + s));
         float total = 0.f;
-        for (int s = 0; s < KV_SPLITS; ++s) {  // split order: deterministic
+        for (int s = 0; s < KV_SPLITS; ++s) {
             const float scale = __expf(__ldcg(p.attn_max + base + s) - best);
             merge[i * KV_SPLITS + s] = scale;
             total += scale * __ldcg(p.attn_sum + base + s);
         }
         merge[ROWS * nh * KV_SPLITS + i] = total;
     }
+}
+
+// Feature d of head h0 + hi of row m, merged (bf16, as the reference's attention output).
+__device__ __forceinline__ bf16 merged(const Params& p, const float* merge, int h0, int nh, int m, int hi, int d) {
+    const int base = (m * NUM_HEADS + h0 + hi) * KV_SPLITS;
+    const float* scale = merge + (m * nh + hi) * KV_SPLITS;
+    float out = 0.f;
+    for (int s = 0; s < KV_SPLITS; ++s) out += scale[s] * __ldcg(p.attn_o + static_cast<size_t>(base + s) * HEAD_DIM + d);
+    return __float2bfloat16(out / merge[ROWS * nh * KV_SPLITS + m * nh + hi]);
+}
+
+__device__ void op_attn_combine(const Params& p, const Instruction& ins, uint8_t* smem) {
+    const int t = threadIdx.x, h0 = ins.group * GQA_GROUP;
+    float* merge = reinterpret_cast<float*>(smem + OFF_RED);
+    merge_scales(p, merge, h0, GQA_GROUP, t);
+    consumers_sync();
+    for (int i = t; i < ROWS * GQA_GROUP * HEAD_DIM; i += CONSUMERS) {
+        const int m = i / (GQA_GROUP * HEAD_DIM), hi = (i / HEAD_DIM) % GQA_GROUP, d = i % HEAD_DIM;
+        __stcg(reinterpret_cast<unsigned short*>(p.attn + m * Q_SIZE + (h0 + hi) * HEAD_DIM + d),
+               __bfloat16_as_ushort(merged(p, merge, h0, GQA_GROUP, m, hi, d)));
+    }
+}
+
+// O's inputs with the merge folded in: x[m][c] = attention output feature k0 + c.
+__device__ void stage_attention(const Params& p, uint8_t* smem, int k0, int k1, int t) {
+    float* merge = reinterpret_cast<float*>(smem + OFF_RED);
+    bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
+    const int h0 = k0 / HEAD_DIM, nh = (k1 + HEAD_DIM - 1) / HEAD_DIM - h0, n = k1 - k0;
+    merge_scales(p, merge, h0, nh, t);
     consumers_sync();
     for (int i = t; i < ROWS * n; i += CONSUMERS) {
-        const int m = i / n, c = i % n, k = k0 + c, hi = k / HEAD_DIM - h0, d = k % HEAD_DIM;
-        const int base = (m * NUM_HEADS + h0 + hi) * KV_SPLITS;
-        const float* scale = merge + (m * nh + hi) * KV_SPLITS;
-        float out = 0.f;
-        for (int s = 0; s < KV_SPLITS; ++s) out += scale[s] * __ldcg(p.attn_o + static_cast<size_t>(base + s) * HEAD_DIM + d);
-        x[m * X_COLS + c] = __float2bfloat16(out / merge[ROWS * nh * KV_SPLITS + m * nh + hi]);
+        const int m = i / n, c = i % n, k = k0 + c;
+        x[m * X_COLS + c] = merged(p, merge, h0, nh, m, k / HEAD_DIM - h0, k % HEAD_DIM);
     }
     consumers_sync();
 }

@@ -92,8 +92,7 @@ struct Params {
     float* part_val;              // [ROWS][NUM_LM_TILES]: each LM-head tile's best logit
     int32_t* part_idx;
     int32_t* token;               // [ROWS] current tokens (the host writes the first)
-    int32_t* pos;                 // [ROWS] their positions
-    const int32_t* start_pos;     // [ROWS] the positions of the launch's first epoch (read-only)
+    const int32_t* pos;           // [ROWS] their positions in the launch's first epoch (the host's)
     unsigned long long* counters; // never reset
     unsigned long long* stop_epoch;  // the last epoch to run; SAMPLE lowers it on EOS or a host stop
     int32_t* error;               // [4] code, instruction, epoch, counter
@@ -120,10 +119,11 @@ struct Ring {
 
 __device__ __forceinline__ void consumers_sync() { mono_ptx::bar_sync<CONSUMERS>(); }
 
-// Row m's position in `epoch`: one more per epoch from the launch's start, as SAMPLE advances it. Read
-// from a buffer the kernel never writes (cached), so no op waits a round trip to L2 for it.
+// Row m's position in `epoch`: one more per epoch from the launch's start (as the interpreter's SAMPLE
+// advances it). Derived, from a buffer the kernel never writes (cached), so no op waits a round trip
+// to L2 for it.
 __device__ __forceinline__ int position(const Params& p, int m, unsigned long long epoch) {
-    return __ldg(p.start_pos + m) + static_cast<int>(epoch - p.first_epoch);
+    return __ldg(p.pos + m) + static_cast<int>(epoch - p.first_epoch);
 }
 
 // What the matvec inputs in shared memory (x) hold: the epoch and the instruction's staging key

@@ -125,7 +125,7 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
                 case OP_EMBED: op_embed(p, ins); break;
                 case OP_QKV_ROPE: op_qkv_rope(p, ins, smem, ring, epoch, staged); break;
                 case OP_ATTN_PARTIAL: op_attn_partial(p, ins, smem, epoch); break;
-                case OP_ATTN_COMBINE: op_attn_combine(p, ins); break;
+                case OP_ATTN_COMBINE: op_attn_combine(p, ins, smem); break;
                 case OP_O_PROJ: op_projection(p, ins, smem, ring, p.attn, Q_SIZE, epoch, staged); break;
                 case OP_GATE_UP: op_gate_up(p, ins, smem, ring, epoch, staged); break;
                 case OP_DOWN_PROJ: op_projection(p, ins, smem, ring, p.act, INTERMEDIATE_SIZE, epoch, staged); break;

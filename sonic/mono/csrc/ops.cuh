@@ -185,7 +185,8 @@ __device__ void op_lm_head(const Params& p, const Instruction& ins, uint8_t* sme
     }
 }
 
-// Greedy choice from the LM-head tiles' partials; position on; token to the host; the stop decision.
+// Greedy choice from the LM-head tiles' partials; token to the host; the stop decision. (The next
+// epoch's position is derived: position().)
 __device__ void op_sample(const Params& p, unsigned long long epoch, uint8_t* smem) {
     const int t = threadIdx.x;
     bool eos = false;
@@ -201,7 +202,6 @@ __device__ void op_sample(const Params& p, unsigned long long epoch, uint8_t* sm
         if (idx < 0 || idx >= VOCAB_SIZE) idx = 0;  // NaN logits: a valid token, never a wild embedding row
         if (t == 0) {
             __stcg(p.token + m, idx);
-            __stcg(p.pos + m, position(p, m, epoch) + 1);
             p.out_tokens[(epoch - p.first_epoch) * ROWS + m] = idx;
             for (int e = 0; e < NUM_EOS; ++e) eos |= idx == EOS_TOKENS[e];
         }
