@@ -101,6 +101,10 @@ def build_parser() -> ArgumentParser:
     bench.add_argument("--context", type=int, default=None,
                        help="total context: the prompt is CONTEXT - output tokens long")
     bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--temperature", type=float, default=0.0,
+                       help="decode with this sampling instead of greedy (seeded, so every run draws alike)")
+    bench.add_argument("--top-k", type=int, default=0, help="with --temperature: top-k (0 = off)")
+    bench.add_argument("--top-p", type=float, default=1.0, help="with --temperature: top-p (1 = off)")
     bench.add_argument("--verify-cost", type=int, default=0, metavar="M",
                        help="also time verifying 1..M tokens in one step (speculative decoding), in plain steps")
     bench.add_argument("--profile", action="store_true",
@@ -192,6 +196,8 @@ def cmd_bench(args) -> int:
     for flag in ("prompt_tokens", "output_tokens", "repeats"):
         if getattr(args, flag) < 1:
             raise SonicError(f"--{flag.replace('_', '-')} must be at least 1")
+    from sonic.bench.run import bench_sampling
+    bench_sampling(args)  # a bad temperature, top-k or top-p fails here, before the model loads
     from sonic.engine.runner_graph import MAX_QUERY_TOKENS
     if not 0 <= args.verify_cost <= MAX_QUERY_TOKENS:
         raise SonicError(f"--verify-cost {args.verify_cost}: use 1 to {MAX_QUERY_TOKENS} (0 = off)")

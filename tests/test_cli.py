@@ -133,6 +133,20 @@ def test_bench_on_cpu_writes_json(capsys, tmp_path):
     assert result["weight_bytes_per_token"] == 4 * (134_515_008 + 576)
 
 
+def test_bench_sampled_decode(capsys, tmp_path):
+    out = tmp_path / "r.json"
+    code, table, _ = run(capsys, "bench", "--preset", "smollm2-135m", "--device", "cpu", "--prompt-tokens", "4",
+                         "--output-tokens", "3", "--repeats", "1", "--temperature", "0.8", "--top-k", "20",
+                         "--json", str(out))
+    assert code == 0 and "sampled (temperature 0.8, top-k 20, top-p 1)" in table
+    assert json.loads(out.read_text())["results"][0]["sampling"] == {"temperature": 0.8, "top_k": 20, "top_p": 1.0}
+
+
+def test_bench_rejects_a_bad_temperature(capsys):
+    code, _, err = run(capsys, "bench", "--preset", "smollm2-135m", "--device", "cpu", "--temperature", "-1")
+    assert_user_error(code, err, "temperature -1")
+
+
 def test_bench_needs_a_model(capsys):
     code, _, err = run(capsys, "bench", "--device", "cpu")
     assert_user_error(code, err, "--preset", "--model")

@@ -36,14 +36,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def time_decode(runner, prompt: list[int], output_tokens: int, repeats: int) -> dict:
-    """Greedy decode of exactly `output_tokens` (EOS ignored), `repeats` times; medians over runs."""
-    greedy = SamplingParams()
+def time_decode(runner, prompt: list[int], output_tokens: int, repeats: int,
+                sampling: SamplingParams = SamplingParams()) -> dict:
+    """Decode of exactly `output_tokens` (EOS ignored; greedy unless `sampling` says otherwise),
+    `repeats` times; medians over runs."""
     runs = []
     for _ in range(repeats + 1):  # the first run warms up (compiles, captures graphs)
         start = time.perf_counter()
         times = []
-        for _token in runner.generate(prompt, output_tokens, greedy):
+        for _token in runner.generate(prompt, output_tokens, sampling):
             times.append(time.perf_counter())
         runs.append((times[0] - start, times))
     runs = runs[1:]
@@ -61,7 +62,10 @@ def bench_runner(name: str, model, prompt: list[int], args, bandwidth: float) ->
     from sonic.engine.runners import make_runner
     runner = make_runner(name, model)
     result = {"runner": name, "prompt_tokens": len(prompt), "output_tokens": args.output_tokens}
-    result.update(time_decode(runner, prompt, args.output_tokens, args.repeats))
+    sampling = bench_sampling(args)
+    if not sampling.greedy:
+        result["sampling"] = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}
+    result.update(time_decode(runner, prompt, args.output_tokens, args.repeats, sampling))
     if getattr(args, "verify_cost", 0) and hasattr(runner, "verify_argmax"):
         result["verify_cost"] = verify_cost(runner, args.verify_cost)
     if getattr(args, "profile", False) and hasattr(runner, "profile"):
@@ -75,6 +79,12 @@ def bench_runner(name: str, model, prompt: list[int], args, bandwidth: float) ->
                    "pct_of_ceiling": 100 * (weights + kv) / (result["ms_per_token"] / 1e3) / bandwidth})
     del runner
     return result
+
+
+def bench_sampling(args) -> SamplingParams:
+    """Greedy, or the flags' sampling with a fixed seed."""
+    return SamplingParams(temperature=getattr(args, "temperature", 0.0), top_k=getattr(args, "top_k", 0),
+                          top_p=getattr(args, "top_p", 1.0), seed=0)
 
 
 def verify_cost(runner, max_rows: int) -> list[float]:
@@ -143,8 +153,11 @@ def report_header(model: str, device: str, dtype: torch.dtype) -> dict:
 
 
 def format_table(report: dict) -> str:
+    sampled = next((r["sampling"] for r in report["results"] if r.get("sampling")), None)
+    how = "" if sampled is None else (f", sampled (temperature {sampled['temperature']:g}, top-k {sampled['top_k']}, "
+                                      f"top-p {sampled['top_p']:g})")
     lines = [f"{report['model']} on {report['device']} ({report['dtype']}), commit {report['commit']}, "
-             f"read bandwidth {report['bandwidth_GBps']:.0f} GB/s",
+             f"read bandwidth {report['bandwidth_GBps']:.0f} GB/s{how}",
              f"{'runner':<8}{'tok/s':>9}{'ms/tok':>9}{'TTFT ms':>9}{'ITL p50':>9}{'ITL p99':>9}"
              f"{'MB/tok':>9}{'ceiling':>9}{'% ceil':>8}"]
     for r in report["results"]:

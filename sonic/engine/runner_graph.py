@@ -12,7 +12,7 @@ import torch
 from sonic.engine.kv_cache import KVCache
 from sonic.engine.packed import pack_model
 from sonic.engine.runner_ref import ReferenceRunner
-from sonic.engine.sampling import SamplingParams, filter_logits, sample
+from sonic.engine.sampling import SamplingParams, filter_logits, sample, seed_of
 from sonic.errors import SonicError
 from sonic.kernels.matvec_backend import Matvec
 from sonic.kernels.triton import MAX_ROWS
@@ -158,7 +158,7 @@ class GraphRunner(ReferenceRunner):
 
     def _seed(self, sampling: SamplingParams, gen: torch.Generator | None):
         if not sampling.greedy:
-            self.seed.fill_(int(torch.randint(0, 2**62, (1,), generator=gen, device=self.device)))
+            self.seed.fill_(seed_of(gen))
             self.step_counter.zero_()
 
     def _queue(self, graph: torch.cuda.CUDAGraph, n: int) -> Iterator[int]:

@@ -34,6 +34,11 @@ class SamplingParams:
         return torch.Generator(device=device).manual_seed(seed)
 
 
+def seed_of(generator: torch.Generator) -> int:
+    """A request's seed of the GPU sampling stream (engine/gumbel.py), drawn from its generator."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+
+
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Temperature-scaled logits [B, V] with tokens outside top-k / top-p set to -inf."""
     logits = logits.float() / params.temperature

@@ -4,7 +4,8 @@ A region is (buffer, lo, hi) over the buffer's tiled axis; every instruction cov
 so rows are not part of a region. `pyvm.py` touches exactly these regions (its tests check that it
 reproduces the reference model, so a region missing here would show up there as a wrong result).
 
-Buffers: token, pos [rows]; h [rows, H] fp32 residual; q [rows, Nq] by (q head, part); kv{l} the
+Buffers: token, pos [rows]; h [rows, H] fp32 residual; q [rows, Nq] by (q head, part); k_new
+[rows, Nkv] by (kv head, part) (Program.norm_in_attention); kv{l} the
 layer's cache by (group, k|v, part); attn_part by (group, split); attn [rows, Nq] by q head; kpart by
 (split, H row); act [rows, I]; logits [rows, V]; out (tokens to the host). Parts are those of
 `Tiling.qkv_head_parts` (qkv_part_dims).
@@ -45,6 +46,9 @@ def _qkv(program: Program, ins: Instruction) -> list[Access]:
         out.append(_w("q", unit, unit + 1))
     for slot, which in ((gqa, 0), (gqa + 1, 1)):  # the k head, then the v head
         if ins.tile_begin <= slot < ins.tile_end:
+            if which == 0 and program.norm_in_attention:  # raw k, normed by attention
+                out.append(_w("k_new", g * parts + part, g * parts + part + 1))
+                continue
             unit = (2 * g + which) * parts + part
             out.append(_w(f"kv{ins.layer}", unit, unit + 1))
     return out
@@ -68,7 +72,8 @@ def accesses(program: Program, ins: Instruction) -> list[Access]:
         return _qkv(program, ins)
     if ins.op == Op.ATTN_PARTIAL:
         g, parts = ins.group, program.tiling.qkv_head_parts
-        return [_r("pos", 0, 1), _r("q", ins.tile_begin * parts, ins.tile_end * parts),
+        new = [_r("k_new", g * parts, (g + 1) * parts)] if program.norm_in_attention else []
+        return [_r("pos", 0, 1), _r("q", ins.tile_begin * parts, ins.tile_end * parts), *new,
                 _r(f"kv{ins.layer}", 2 * g * parts, (2 * g + 2) * parts),
                 _w("attn_part", g * splits + ins.split, g * splits + ins.split + 1)]
     if ins.op == Op.ATTN_COMBINE:
@@ -81,7 +86,12 @@ def accesses(program: Program, ins: Instruction) -> list[Access]:
         acc = _projection(program, ins, "attn")
         if program.tiling.combine_in_o:  # the splits of every group its heads belong to
             g0, g1 = h0 // c.gqa_group, -(-h1 // c.gqa_group)
-            return [_r("attn_part", g0 * splits, g1 * splits)] + acc[1:]
+            acc = [_r("attn_part", g0 * splits, g1 * splits)] + acc[1:]
+            if program.is_k_writer(ins):  # every group's new k row, normed, into the cache
+                parts = program.tiling.qkv_head_parts
+                acc += [_r("pos", 0, 1), _r("k_new", 0, c.num_key_value_heads * parts)]
+                acc += [_w(f"kv{ins.layer}", 2 * g * parts, (2 * g + 1) * parts) for g in range(c.num_key_value_heads)]
+            return acc
         return [_r("attn", h0, h1)] + acc[1:]
     if ins.op == Op.GATE_UP:
         return [_r("h", 0, h), _w("act", ins.tile_begin, ins.tile_end)]

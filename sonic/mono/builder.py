@@ -96,10 +96,12 @@ class _Emitter:
         return self.wait_all(reduced)
 
 
-def fit_tiling(config: ModelConfig, tiling: Tiling) -> Tiling:
-    """The tiling as this model can use it: whole heads (one part) where q/k norm needs them."""
+def fit_tiling(config: ModelConfig, tiling: Tiling, rows: int = 1) -> Tiling:
+    """The tiling as this model can use it. q/k norm with heads in parts moves the norm into attention
+    (Program.norm_in_attention), which needs the splits merged in O and one query row; otherwise such
+    models keep whole heads (one part)."""
     parts = tiling.qkv_head_parts
-    if parts > 1 and config.qk_norm:
+    if parts > 1 and config.qk_norm and (rows > 1 or not tiling.combine_in_o):
         return replace(tiling, qkv_head_parts=1)
     if config.head_dim % (2 * parts):
         raise SonicError(f"qkv_head_parts={parts} does not divide the head's {config.head_dim // 2} RoPE pairs: "
@@ -153,7 +155,7 @@ def build_program(config: ModelConfig, tiling: Tiling = Tiling(), rows: int = 1,
         bad = next(k for k in want if shapes.get(k) != want[k])
         raise SonicError(f"packed weight {bad} has shape {shapes.get(bad)}, the config implies {want[bad]}: "
                          "pack the weights of this model")
-    tiling = fit_tiling(config, tiling)
+    tiling = fit_tiling(config, tiling, rows)
     e = _Emitter(config, tiling)
     sample = e.counter("sample")
     embed = e.counter("embed")

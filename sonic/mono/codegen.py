@@ -31,6 +31,7 @@ def _constants(program: Program) -> list[tuple[str, str, object]]:
     out: list[tuple[str, str, object]] = [("int", k, v) for k, v in ints.items()]
     out += [("bool", "ATTENTION_BIAS", c.attention_bias), ("bool", "QK_NORM", c.qk_norm),
             ("bool", "TIED_EMBEDDINGS", c.tie_word_embeddings), ("bool", "COMBINE_IN_O", t.combine_in_o),
+            ("bool", "NORM_IN_ATTENTION", program.norm_in_attention),
             ("float", "RMS_NORM_EPS", c.rms_norm_eps), ("float", "SM_SCALE", c.head_dim ** -0.5)]
     return out
 

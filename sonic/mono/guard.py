@@ -14,7 +14,7 @@ _INDEX_POISON = 1 << 40  # far past any table: indexing with it fails
 
 
 def state_of(vm) -> dict[str, torch.Tensor]:
-    names = ("token", "pos", "h", "q", "attn_o", "attn_max", "attn_sum", "attn", "kpart", "act", "logits")
+    names = ("token", "pos", "h", "q", "k_new", "attn_o", "attn_max", "attn_sum", "attn", "kpart", "act", "logits")
     return {"k": vm.cache.k, "v": vm.cache.v, **{n: getattr(vm, n) for n in names}}
 
 
@@ -29,8 +29,8 @@ def region_views(state: dict[str, torch.Tensor], vm, a: Access) -> list[torch.Te
         return [state[a.buffer][:, a.lo:a.hi]]
     if a.buffer == "attn":
         return [state[a.buffer][:, a.lo * d:a.hi * d]]
-    if a.buffer == "q":  # (head, part): the part's two runs of dims
-        return [state["q"][:, head * d + lo:head * d + lo + w] for i in range(a.lo, a.hi)
+    if a.buffer in ("q", "k_new"):  # (head, part): the part's two runs of dims
+        return [state[a.buffer][:, head * d + lo:head * d + lo + w] for i in range(a.lo, a.hi)
                 for head, part in [divmod(i, parts)] for lo in (part * w, half + part * w)]
     if a.buffer.startswith("kv"):  # (group, k|v, part)
         layer = int(a.buffer[2:])

@@ -83,7 +83,7 @@ class Tiling:
     """How work is cut into instructions. Rows are output rows of a matvec; a tile's weights are
     contiguous in the packed blob, so one instruction is one contiguous stream."""
     qkv_heads_per_tile: int = 1     # head slots per QKV tile (whole heads: RoPE pairs d and d + D/2)
-    qkv_head_parts: int = 1         # parts of each head slot, RoPE pairs kept together (1 with q/k norm)
+    qkv_head_parts: int = 1         # parts of each head slot, RoPE pairs kept together
     o_rows_per_tile: int = 16
     gate_up_rows_per_tile: int = 16  # each tile streams these gate rows and the same up rows
     down_rows_per_tile: int = 16
@@ -133,3 +133,14 @@ class Program:
     @property
     def weight_bytes(self) -> int:
         return sum(ins.weight_bytes for ins in self.instructions)
+
+    @property
+    def norm_in_attention(self) -> bool:
+        """q/k norm with heads in parts: a part cannot norm its head alone, so QKV leaves q and k raw
+        (k in `k_new`), each attention split norms and rotates them, and the first O tile (ordered
+        after every split) writes the normed k into the cache."""
+        return self.config.qk_norm and self.tiling.qkv_head_parts > 1
+
+    def is_k_writer(self, ins: Instruction) -> bool:
+        """The instruction that writes the layer's new k rows under norm_in_attention."""
+        return self.norm_in_attention and ins.op == Op.O_PROJ and ins.tile_begin == 0 and ins.split == 0

@@ -10,8 +10,10 @@ from sonic.mono.instructions import Op, Program
 from sonic.mono.tiles import head_parts
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ptx.cuh", "common.cuh", "matvec.cuh", "attention.cuh", "ops.cuh", "monokernel.cu")  # one source, in order
+# One source, in this order.
+SOURCES = ("ptx.cuh", "common.cuh", "matvec.cuh", "attention.cuh", "ops.cuh", "sample.cuh", "monokernel.cu")
 MAX_TILE_ROWS = 256  # MAX_TILE_ROWS in common.cuh: the widest tile the kernel handles
+MAX_TOP_K = 64       # MAX_TOP_K in sample.cuh: the largest top-k the kernel samples with
 
 
 def kernel_source(program: Program, defines: dict[str, int] | None = None) -> str:
@@ -48,9 +50,9 @@ def unsupported(program: Program) -> str | None:
 
 
 _POINTERS = ("instructions", "queue_start", "queue", "blob", "smalls", "embed", "final_norm", "cos", "sin",
-             "k_cache", "v_cache", "h", "q", "attn_o", "attn_max", "attn_sum", "attn", "kpart", "act", "logits",
-             "part_val", "part_idx", "token", "pos", "counters", "stop_epoch", "error", "abort_flag",
-             "out_tokens", "out_count", "host_stop", "profile")
+             "k_cache", "v_cache", "h", "q", "k_new", "attn_o", "attn_max", "attn_sum", "attn", "kpart", "act",
+             "logits", "part_val", "part_idx", "cand_val", "cand_idx", "token", "pos", "counters", "stop_epoch",
+             "error", "abort_flag", "out_tokens", "out_count", "host_stop", "profile")
 
 
 class Params(ctypes.Structure):
@@ -58,7 +60,8 @@ class Params(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint64) for name in _POINTERS] + [
         ("first_epoch", ctypes.c_uint64), ("timeout_ns", ctypes.c_uint64),
         ("num_epochs", ctypes.c_uint32), ("max_len", ctypes.c_uint32), ("stop_at_eos", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32)]
+        ("top_k", ctypes.c_uint32), ("seed", ctypes.c_uint64), ("sample_step", ctypes.c_uint64),
+        ("inv_temperature", ctypes.c_float), ("top_p", ctypes.c_float)]
 
 
 def compile_program(program: Program, defines: dict[str, int] | None = None) -> bytes:

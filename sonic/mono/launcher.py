@@ -14,10 +14,12 @@ import numpy as np
 import torch
 
 from sonic.engine.kv_cache import KVCache
+from sonic.engine.gumbel import reciprocal_temperature
 from sonic.engine.packed import PackedModel
+from sonic.engine.sampling import SamplingParams
 from sonic.errors import SonicError
 from sonic.mono.instructions import Program
-from sonic.mono.kernel import Params, compile_program, unsupported
+from sonic.mono.kernel import MAX_TOP_K, Params, compile_program, unsupported
 from sonic.mono.layout import encode_instructions, encode_schedule
 from sonic.mono.schedule import Schedule
 from sonic.mono.tiles import pack_tiles
@@ -36,6 +38,20 @@ def small_weights(packed: PackedModel) -> torch.Tensor:
                                                      if t is not None]
         blocks.append(torch.cat([t.reshape(-1) for t in parts]))
     return torch.stack(blocks).contiguous()
+
+
+def effective_top_k(sampling: SamplingParams, vocab_size: int) -> int:
+    """The top-k that filters anything (filter_logits: 0 or k >= the vocabulary is off)."""
+    return sampling.top_k if 0 < sampling.top_k < vocab_size else 0
+
+
+def samples_in_kernel(sampling: SamplingParams, vocab_size: int) -> bool:
+    """Greedy, temperature alone, or with top-k up to MAX_TOP_K (and top-p among those): the kernel
+    draws them. Top-p over the whole vocabulary would need it sorted every token."""
+    if sampling.greedy:
+        return True
+    k = effective_top_k(sampling, vocab_size)
+    return k <= MAX_TOP_K and (k > 0 or sampling.top_p == 1.0)
 
 
 def check_block_fits(fn, threads: int, model: str) -> None:
@@ -65,10 +81,11 @@ class MonoKernel:
         self.device_index = dev.index or 0
         c, m, t = program.config, program.rows, program.tiling
         self.module = driver.Module(compile_program(program, defines), self.device_index)
-        layout = torch.zeros(4, dtype=torch.int32, device=dev)  # the launch's shape, as compiled
+        layout = torch.zeros(5, dtype=torch.int32, device=dev)  # the launch's shape, as compiled
         driver.launch(self.module.function("mono_layout"), 1, 1, 0, _pointer_params(layout), self.device_index,
                       pdl=False)
-        self.threads, self.shared_bytes, self.num_pages, lm_tiles = layout.tolist()
+        self.threads, self.shared_bytes, self.num_pages, lm_tiles, top_k = layout.tolist()
+        assert top_k == MAX_TOP_K, "kernel.MAX_TOP_K differs from sample.cuh"
         self.fn = self.module.function("mono_decode", self.shared_bytes)
         check_block_fits(self.fn, self.threads, program.config.name or "this model")
         starts, items = encode_schedule(schedule)
@@ -81,6 +98,7 @@ class MonoKernel:
             "k_cache": cache.k, "v_cache": cache.v,
             "h": torch.zeros(m, c.hidden_size, device=dev),
             "q": torch.zeros(m, c.q_size, dtype=torch.bfloat16, device=dev),
+            "k_new": torch.zeros(m, c.kv_size, dtype=torch.bfloat16, device=dev),
             "attn_o": torch.zeros(m, c.num_attention_heads, t.kv_splits, c.head_dim, device=dev),
             "attn_max": torch.zeros(m, c.num_attention_heads, t.kv_splits, device=dev),
             "attn_sum": torch.zeros(m, c.num_attention_heads, t.kv_splits, device=dev),
@@ -90,6 +108,8 @@ class MonoKernel:
             "logits": torch.zeros(m, c.vocab_size, device=dev),
             "part_val": torch.zeros(m, lm_tiles, device=dev),
             "part_idx": torch.zeros(m, lm_tiles, dtype=torch.int32, device=dev),
+            "cand_val": torch.zeros(m, lm_tiles, MAX_TOP_K, device=dev),
+            "cand_idx": torch.zeros(m, lm_tiles, MAX_TOP_K, dtype=torch.int32, device=dev),
             "token": torch.zeros(m, dtype=torch.int32, device=dev),
             "pos": torch.zeros(m, dtype=torch.int32, device=dev),
             "counters": torch.zeros(len(program.counters), dtype=torch.int64, device=dev),
@@ -121,7 +141,8 @@ class MonoKernel:
         stamps = self.buffers.get("profile")
         return None if stamps is None else stamps.cpu()
 
-    def _params(self, num_epochs: int, stop_at_eos: bool = False) -> Params:
+    def _params(self, num_epochs: int, stop_at_eos: bool, sampling: SamplingParams, seed: int,
+                step: int = 0) -> Params:
         p = Params()
         for name, tensor in self.buffers.items():
             setattr(p, name, tensor.data_ptr())
@@ -131,15 +152,23 @@ class MonoKernel:
         p.first_epoch, p.num_epochs = self.epochs + 1, num_epochs
         p.timeout_ns, p.max_len = max(1, int(self.timeout_s * 1e9)), self.cache.max_len
         p.stop_at_eos = int(stop_at_eos)
+        if not sampling.greedy:  # the launch's first epoch is step `step` of the request's stream
+            p.inv_temperature = reciprocal_temperature(sampling.temperature)
+            p.top_k = effective_top_k(sampling, self.program.config.vocab_size)
+            p.top_p, p.seed, p.sample_step = sampling.top_p, seed, step
+        else:
+            p.top_p = 1.0
         return p
 
-    def _launch(self, num_epochs: int, stop_at_eos: bool = False) -> None:
+    def _launch(self, num_epochs: int, stop_at_eos: bool = False, sampling: SamplingParams = SamplingParams(),
+                seed: int = 0, step: int = 0) -> None:
         from sonic.kernels.cuda import driver
         if not 1 <= num_epochs <= self.max_epochs:
             raise SonicError(f"a launch of {num_epochs} tokens is outside 1..{self.max_epochs}")
         self.out_count[0], self.host_stop[0] = 0, 0
         self.buffers["stop_epoch"].fill_(self.epochs + num_epochs)
-        self._running = self._params(num_epochs, stop_at_eos)  # kept alive until the launch is done
+        # kept alive until the launch is done
+        self._running = self._params(num_epochs, stop_at_eos, sampling, seed, step)
         driver.launch(self.fn, self.schedule.num_sms, self.threads, self.shared_bytes, self._running,
                       self.device_index, pdl=False, cooperative=True)
 
@@ -172,14 +201,18 @@ class MonoKernel:
         self._finish()
         return self.logits.clone()
 
-    def decode(self, token: int, position: int, n: int, stop_at_eos: bool = False) -> Iterator[int]:
-        """Greedy tokens after `token` at `position`, `n` of them, from one launch; with `stop_at_eos`
-        the launch ends after the model's first EOS token."""
+    def decode(self, token: int, position: int, n: int, stop_at_eos: bool = False,
+               sampling: SamplingParams = SamplingParams(), seed: int = 0, step: int = 0) -> Iterator[int]:
+        """The tokens after `token` at `position`, `n` of them, from one launch: greedy, or drawn with
+        `sampling` from stream `seed` (engine/gumbel.py), the first of them at step `step`. With
+        `stop_at_eos` the launch ends after the model's first EOS token."""
         if self.program.rows != 1:
             raise ValueError("decode runs a one-row kernel")
+        if not samples_in_kernel(sampling, self.program.config.vocab_size):
+            raise ValueError(f"the kernel does not sample with {sampling}")
         self.buffers["token"].fill_(token)
         self.buffers["pos"].fill_(position)
-        self._launch(n, stop_at_eos)
+        self._launch(n, stop_at_eos, sampling, seed, step)
         stream = torch.cuda.current_stream(self.device_index)
         seen, finished = 0, False
         try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sonic.engine.sampling import sample
+from sonic.engine.gumbel import gumbel_argmax
+from sonic.engine.sampling import filter_logits
 from sonic.mono.instructions import Instruction, Op
 from sonic.mono.tiles import blob_tile, head_parts, qkv_part_dims, qkv_slot_rows
 
@@ -35,12 +36,20 @@ def embed(vm, ins: Instruction) -> None:
     vm.h[:, ins.tile_begin:ins.tile_end] = vm.packed.embed[vm.token, ins.tile_begin:ins.tile_end].float()
 
 
+def normed_rotated(vm, ins: Instruction, head: torch.Tensor, is_q: bool) -> torch.Tensor:
+    """q/k norm (when the model has it) and RoPE at each row's position of whole heads [rows, D]."""
+    c, layer = vm.config, vm.packed.layers[ins.layer]
+    if layer.q_norm is not None:
+        head = rms_norm(head, layer.q_norm if is_q else layer.k_norm, c.rms_norm_eps)
+    return _rotate(head, vm.cos[vm.pos].to(head.dtype), vm.sin[vm.pos].to(head.dtype))
+
+
 def qkv_rope(vm, ins: Instruction) -> None:
-    """A part of a head holds whole RoPE pairs, so it rotates on its own; q/k norm needs the whole head
-    (the builder allows parts only without it)."""
+    """A part of a head holds whole RoPE pairs, so it rotates on its own. q/k norm needs the whole
+    head: with parts (Program.norm_in_attention) q and k are left raw, for attention to norm."""
     c, layer, d = vm.config, vm.packed.layers[ins.layer], vm.config.head_dim
+    raw = vm.program.norm_in_attention
     y = _matvec(vm, ins, rms_norm(vm.h, layer.attn_norm, c.rms_norm_eps))
-    cos, sin = vm.cos[vm.pos].to(y.dtype), vm.sin[vm.pos].to(y.dtype)  # [rows, D]
     dims = torch.tensor(qkv_part_dims(d, ins.split, head_parts(ins)))
     width = len(dims)
     for i, slot in enumerate(range(ins.tile_begin, ins.tile_end)):
@@ -52,14 +61,21 @@ def qkv_rope(vm, ins: Instruction) -> None:
             vm.cache.v[ins.layer, 0, ins.group, vm.pos[:, None], dims] = head[:, dims]
             continue
         is_q = slot < c.gqa_group
-        if layer.q_norm is not None:
-            head = rms_norm(head, layer.q_norm if is_q else layer.k_norm, c.rms_norm_eps)
-        head = _rotate(head, cos, sin)
+        if not raw:
+            head = normed_rotated(vm, ins, head, is_q)
         if is_q:
             q_head = ins.group * c.gqa_group + slot
             vm.q[:, q_head * d + dims] = head[:, dims]
+        elif raw:
+            vm.k_new[:, ins.group * d + dims] = head[:, dims]
         else:
             vm.cache.k[ins.layer, 0, ins.group, vm.pos[:, None], dims] = head[:, dims]
+
+
+def new_k(vm, ins: Instruction, group: int) -> torch.Tensor:
+    """Group `group`'s k row at the position [rows, D], normed and rotated from k_new."""
+    d = vm.config.head_dim
+    return normed_rotated(vm, ins, vm.k_new[:, group * d:(group + 1) * d], is_q=False)
 
 
 def key_range(vm, row: int, split: int) -> tuple[int, int]:
@@ -81,8 +97,14 @@ def attn_partial(vm, ins: Instruction) -> None:
             vm.attn_max[row, heads, ins.split] = float("-inf")
             vm.attn_sum[row, heads, ins.split] = 0
             continue
-        q = vm.q[row].view(c.num_attention_heads, d)[heads].float()
+        q = vm.q[row].view(c.num_attention_heads, d)[heads]
         k = vm.cache.k[ins.layer, 0, ins.group, a:b].float()
+        if vm.program.norm_in_attention:  # q raw; the key at the position is not in the cache yet
+            q = normed_rotated(vm, ins, q, is_q=True)  # [heads, D]: one row (the builder's rule)
+            if a <= int(vm.pos[row]) < b:
+                k = k.clone()  # a copy: the cache itself is written by the first O tile
+                k[int(vm.pos[row]) - a] = new_k(vm, ins, ins.group)[row].float()
+        q = q.float()
         v = vm.cache.v[ins.layer, 0, ins.group, a:b].float()
         scores = (q @ k.T) * d ** -0.5                 # [gqa, keys]
         best = scores.amax(dim=-1)
@@ -126,6 +148,9 @@ def o_proj(vm, ins: Instruction) -> None:
     else:
         x = vm.attn[:, ins.k_begin:ins.k_end]
     _into_residual(vm, ins, _matvec(vm, ins, x))
+    if vm.program.is_k_writer(ins):  # after every split has read the cache: the new k rows
+        for g in range(vm.config.num_key_value_heads):
+            vm.cache.k[ins.layer, 0, g, vm.pos] = new_k(vm, ins, g)
 
 
 def down_proj(vm, ins: Instruction) -> None:
@@ -152,8 +177,13 @@ def lm_head(vm, ins: Instruction) -> None:
 
 
 def sample_token(vm, ins: Instruction) -> None:
-    """Token choice, then what the kernel does before the next epoch: position on, token out, EOS."""
-    chosen = sample(vm.logits, vm.sampling, vm.generator)
+    """Token choice (greedy, or Gumbel-max over the filtered logits with the epoch's step of the
+    request's stream), then what the kernel does before the next epoch: position on, token out, EOS."""
+    if vm.sampling.greedy:
+        chosen = vm.logits.argmax(dim=-1)
+    else:
+        chosen = gumbel_argmax(filter_logits(vm.logits, vm.sampling), vm.seed, vm.sample_step)
+        vm.sample_step += 1
     vm.token.copy_(chosen)
     vm.pos += 1
     vm.out.append(chosen.tolist())

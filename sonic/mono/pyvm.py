@@ -16,7 +16,7 @@ import torch
 
 from sonic.engine.kv_cache import KVCache
 from sonic.engine.packed import pack_model
-from sonic.engine.sampling import SamplingParams
+from sonic.engine.sampling import SamplingParams, seed_of
 from sonic.models.llama import LlamaModel
 from sonic.models.rope import rope_tables
 from sonic.mono.builder import packed_shapes, shapes_of
@@ -46,6 +46,7 @@ class MonoVM:
         self.pos = torch.zeros(m, dtype=torch.long)
         self.h = torch.zeros(m, c.hidden_size)
         self.q = torch.zeros(m, c.q_size, dtype=dtype)
+        self.k_new = torch.zeros(m, c.kv_size, dtype=dtype)  # raw k (Program.norm_in_attention)
         splits = program.tiling.kv_splits
         self.attn_o = torch.zeros(m, c.num_attention_heads, splits, c.head_dim)
         self.attn_max = torch.zeros(m, c.num_attention_heads, splits)
@@ -55,7 +56,10 @@ class MonoVM:
         self.act = torch.zeros(m, c.intermediate_size, dtype=dtype)
         self.logits = torch.zeros(m, c.vocab_size)
         self.sampling = sampling
-        self.generator = None if sampling.greedy else sampling.generator("cpu")
+        # The sampling stream (engine/gumbel.py): a seed per request, as the graph runner draws it, and
+        # one step per epoch.
+        self.seed = 0 if sampling.greedy else seed_of(sampling.generator("cpu"))
+        self.sample_step = 0
         self.eos = set(c.eos_token_ids if eos is None else eos)
         self.counters = [0] * len(program.counters)
         self.signalled: dict[tuple[int, int], int] = {}

@@ -1,8 +1,10 @@
 """`--runner mono`: greedy decoding in one persistent kernel launch per request.
 
-Prefill, verification (speculative decoding) and sampled decoding come from the graph runner on the
-same weights and KV cache; greedy decode steps run in the monokernel, every token of a request in
-one launch, tokens streaming to the host as they are chosen.
+Prefill and verification (speculative decoding) come from the graph runner on the same weights and
+KV cache; decode steps run in the monokernel, every token of a request in one launch, tokens
+streaming to the host as they are chosen. The kernel draws greedy and sampled tokens (temperature,
+top-k up to MAX_TOP_K, top-p among those) from the same random stream as the graph runner; top-p
+without top-k, or a larger top-k, decodes on the graph runner.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Iterator
 import torch
 
 from sonic.engine.runner_graph import GraphRunner
-from sonic.engine.sampling import SamplingParams, sample
+from sonic.engine.sampling import SamplingParams, sample, seed_of
 from sonic.mono.builder import build_program, shapes_of
 from sonic.mono.instructions import Tiling
 from sonic.mono.schedule import list_schedule
@@ -20,8 +22,8 @@ from sonic.mono.schedule import list_schedule
 def default_tiling(config) -> Tiling:
     """32 gate/up rows per tile (the fastest of 8..128 on llama-3.2-1b); enough attention splits that
     a group's keys spread over several SMs at long contexts; heads in two parts, so the QKV tiles
-    spread over twice the SMs (whole heads where q/k norm needs them); the merge of the splits in
-    O's staging, one wave of instructions fewer per layer."""
+    spread over twice the SMs (with q/k norm, attention norms the heads: Program.norm_in_attention);
+    the merge of the splits in O's staging, one wave of instructions fewer per layer."""
     return Tiling(gate_up_rows_per_tile=32, kv_splits=4 if config.num_key_value_heads >= 8 else 8,
                   qkv_head_parts=2, combine_in_o=True)
 
@@ -40,22 +42,30 @@ class MonoRunner(GraphRunner):
         self.kernel = MonoKernel(program, list_schedule(program, num_sms), self.packed, self.cache,
                                  self.cos, self.sin)
 
+    def in_kernel(self, sampling: SamplingParams) -> bool:
+        from sonic.mono.launcher import samples_in_kernel
+        return samples_in_kernel(sampling, self.config.vocab_size)
+
     def generate(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams) -> Iterator[int]:
-        if not sampling.greedy:  # sampling inside the kernel is not written yet
+        if not self.in_kernel(sampling):
             yield from super().generate(prompt_ids, max_tokens, sampling)
             return
         self.reserve(len(prompt_ids) + max_tokens)
-        first = int(sample(self.prefill(prompt_ids)[None], sampling, None)[0])
+        # As the graph runner: the stream's seed, then the first token, from the request's generator.
+        gen = None if sampling.greedy else sampling.generator(self.device)
+        seed = 0 if gen is None else seed_of(gen)
+        first = int(sample(self.prefill(prompt_ids)[None], sampling, gen)[0])
         yield first
         if max_tokens > 1:
-            yield from self.kernel.decode(first, len(prompt_ids), max_tokens - 1)
+            yield from self.kernel.decode(first, len(prompt_ids), max_tokens - 1, sampling=sampling, seed=seed)
 
     def decode_steps(self, token: int, position: int, n: int, sampling: SamplingParams,
                      gen: torch.Generator | None = None) -> Iterator[int]:
-        if not sampling.greedy:
+        if not self.in_kernel(sampling):
             yield from super().decode_steps(token, position, n, sampling, gen)
             return
-        yield from self.kernel.decode(token, position, n)
+        seed = 0 if sampling.greedy else seed_of(gen or sampling.generator(self.device))
+        yield from self.kernel.decode(token, position, n, sampling=sampling, seed=seed)
         self.position = position + n
 
     def profile(self, prompt_ids: list[int], max_tokens: int) -> dict:

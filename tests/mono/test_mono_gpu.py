@@ -25,7 +25,7 @@ CONFIGS["gqa7-hd24"] = ModelConfig("qwen2", 1000, 168, 448, 2, 7, 1, 24, attenti
 TILINGS = {"default": None,
            "split-k": Tiling(qkv_heads_per_tile=2, o_rows_per_tile=24, gate_up_rows_per_tile=40,
                              down_rows_per_tile=8, lm_head_rows_per_tile=100, k_splits=3, kv_splits=3),
-           # heads in four parts, the merge in O's staging with O's k split (whole heads for q/k norm)
+           # heads in four parts (q/k norm in attention), the merge in O's staging with O's k split
            "parts-k": Tiling(qkv_head_parts=4, combine_in_o=True, o_rows_per_tile=24, k_splits=2, kv_splits=3)}
 STEPS = 96
 TOL = 0.05
@@ -86,6 +86,58 @@ def test_runs_are_bit_identical_whatever_the_schedule(family):
                              mono.packed, mono.cache, mono.cos, mono.sin)
     assert list(mono.generate(prompt, 64, SamplingParams())) == runs[0]
     assert torch.equal(mono.kernel.logits, logits)
+
+
+SAMPLED = [SamplingParams(temperature=0.8), SamplingParams(temperature=1.5, top_k=20),
+           SamplingParams(temperature=1.0, top_k=64, top_p=0.7), SamplingParams(temperature=0.6, top_k=3, top_p=0.95)]
+
+
+def _boundary_is_clear(logits, params) -> bool:
+    """The top-p cut of these logits does not move within float32 rounding of the probabilities."""
+    from sonic.engine.sampling import filter_logits
+    if params.top_p == 1.0:
+        return True
+    near = [filter_logits(logits, SamplingParams(temperature=params.temperature, top_k=params.top_k, top_p=q))
+            for q in (params.top_p - 1e-5, params.top_p + 1e-5)]
+    return torch.equal(torch.isinf(near[0]), torch.isinf(near[1]))
+
+
+@pytest.mark.parametrize("case", range(len(SAMPLED)))
+def test_sampled_tokens_are_the_graph_samplers_draws(case):
+    """One launch per token, teacher-forced on its own draws: each token is what the graph runner's
+    Triton sampler draws from filter_logits of the kernel's own logits at the same seed and step. One
+    launch of all the tokens draws the same ones."""
+    from sonic.engine.sampling import filter_logits
+    from sonic.kernels.triton.lm_head_sample import gumbel_argmax
+    params = SAMPLED[case]
+    mono, _ = make("llama")
+    prompt = prompt_of(mono.config, seed=8)
+    n, seed = 24, 2**61 + 12345 + case
+    mono.reserve(len(prompt) + n + 1)
+    token = int(mono.prefill(prompt).argmax())
+    start, tokens = token, []
+    dev = mono.kernel.logits.device
+    for step in range(n):
+        token, = mono.kernel.decode(token, len(prompt) + step, 1, sampling=params, seed=seed, step=step)
+        logits = mono.kernel.logits.clone()
+        want = torch.empty(1, dtype=torch.int64, device=dev)
+        gumbel_argmax(filter_logits(logits, params), torch.tensor([seed], device=dev),
+                      torch.tensor([step], device=dev), want)
+        if _boundary_is_clear(logits, params):
+            assert token == int(want[0]), f"step {step}"
+        tokens.append(token)
+    assert len(set(tokens)) > 1
+    assert list(mono.kernel.decode(start, len(prompt), n, sampling=params, seed=seed)) == tokens
+
+
+def test_sampled_generation_is_seeded():
+    mono, _ = make("llama")
+    prompt = prompt_of(mono.config, seed=9)
+    params = SamplingParams(temperature=1.5, top_k=40, top_p=0.95, seed=7)
+    runs = [list(mono.generate(prompt, 48, params)) for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert list(mono.generate(prompt, 48, SamplingParams(temperature=1.5, top_k=40, top_p=0.95, seed=8))) != runs[0]
+    assert list(mono.generate(prompt, 48, SamplingParams())) != runs[0]
 
 
 def test_stopping_early_then_decoding_again():

@@ -103,5 +103,12 @@ def test_mistakes_end_in_one_clear_error():
 def test_head_parts_keep_rope_pairs_together():
     assert qkv_part_dims(8, 0, 2) == [0, 1, 4, 5] and qkv_part_dims(8, 1, 2) == [2, 3, 6, 7]
     assert qkv_part_dims(8, 0, 1) == list(range(8))
-    # q/k norm normalises whole heads: such a model keeps one part.
+    # q/k norm normalises whole heads: with parts it moves into attention (one row, splits merged in
+    # O); otherwise such a model keeps one part.
+    split = build_program(tiny("qwen3"), Tiling(qkv_head_parts=2, combine_in_o=True))
+    assert split.tiling.qkv_head_parts == 2 and split.norm_in_attention
+    writers = [i for i in split.instructions if split.is_k_writer(i)]
+    assert len(writers) == tiny("qwen3").num_hidden_layers and all(i.op == Op.O_PROJ for i in writers)
+    assert not build_program(tiny("llama3"), Tiling(qkv_head_parts=2, combine_in_o=True)).norm_in_attention
     assert build_program(tiny("qwen3"), Tiling(qkv_head_parts=2)).tiling.qkv_head_parts == 1
+    assert build_program(tiny("qwen3"), Tiling(qkv_head_parts=2, combine_in_o=True), rows=2).tiling.qkv_head_parts == 1

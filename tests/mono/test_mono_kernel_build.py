@@ -73,9 +73,11 @@ def test_source_is_the_header_then_the_kernel_and_deterministic():
 
 
 def test_parameter_block_layout():
-    # 32 pointers, two 64-bit values, four 32-bit ones: the order of struct Params.
-    assert ctypes.sizeof(Params) == 32 * 8 + 16 + 16
-    assert Params.first_epoch.offset == 32 * 8 and Params.num_epochs.offset == 32 * 8 + 16
+    # 35 pointers, two 64-bit values, four 32-bit ones, the sampling seed and step, two floats: the
+    # order of struct Params.
+    assert ctypes.sizeof(Params) == 35 * 8 + 16 + 16 + 16 + 8
+    assert Params.first_epoch.offset == 35 * 8 and Params.num_epochs.offset == 35 * 8 + 16
+    assert Params.seed.offset == 35 * 8 + 32 and Params.inv_temperature.offset == 35 * 8 + 48
 
 
 def test_unsupported_shapes_say_why():
@@ -128,7 +130,7 @@ class _FakeLaunch:
         k.out_count = np.zeros(1, dtype=np.int32)
         k.host_stop = np.zeros(1, dtype=np.int32)
         self.finishes, self.fail, self.total = 0, fail, len(tokens)
-        k._launch = lambda n, stop_at_eos=False: None
+        k._launch = lambda *args, **kw: None
         k._finish = self.finish
 
     def query(self):  # the stream: one more token per poll, done after the last
@@ -172,6 +174,30 @@ def test_a_kernel_error_is_raised_once(fake_stream):
     with pytest.raises(SonicError, match="waited more than"):
         list(fake.kernel.decode(1, 3, 2))
     assert fake.finishes == 1
+
+
+def test_what_the_kernel_samples_and_the_parameters_it_gets():
+    from types import SimpleNamespace
+
+    from sonic.engine.sampling import SamplingParams as S
+    from sonic.mono.kernel import MAX_TOP_K
+    from sonic.mono.launcher import MonoKernel, samples_in_kernel
+    vocab = 1000
+    assert samples_in_kernel(S(), vocab) and samples_in_kernel(S(temperature=0.8), vocab)
+    assert samples_in_kernel(S(temperature=0.8, top_k=MAX_TOP_K, top_p=0.9), vocab)
+    assert samples_in_kernel(S(temperature=0.8, top_k=vocab, top_p=1.0), vocab)  # a top-k that keeps all
+    assert not samples_in_kernel(S(temperature=0.8, top_k=MAX_TOP_K + 1), vocab)
+    assert not samples_in_kernel(S(temperature=0.8, top_p=0.9), vocab)  # the whole vocabulary sorted
+    k = object.__new__(MonoKernel)
+    k.program = build_program(tiny("llama3").with_(vocab_size=vocab), Tiling())
+    k.buffers, k.host, k.max_epochs, k.epochs, k.timeout_s = {}, SimpleNamespace(device_ptr=4096), 8, 0, 5.0
+    k.cache = SimpleNamespace(max_len=8)
+    greedy = k._params(3, False, S(), 0)
+    assert greedy.inv_temperature == 0 and greedy.top_k == 0 and greedy.top_p == 1
+    p = k._params(3, False, S(temperature=0.7, top_k=vocab + 5, top_p=0.5), 2**62 + 3)
+    assert p.inv_temperature == pytest.approx(1 / 0.7) and p.top_k == 0 and p.top_p == 0.5
+    assert p.seed == 2**62 + 3 and p.sample_step == 0
+    assert k._params(3, False, S(temperature=2.0, top_k=7), 1).top_k == 7
 
 
 def test_a_block_too_big_for_an_sm_is_a_clear_error(monkeypatch):

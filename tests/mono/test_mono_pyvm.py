@@ -20,10 +20,11 @@ STEPS = 32
 @pytest.mark.parametrize("family,tiling", [("llama3", "direct"), ("llama3", "split-k"), ("qwen2", "direct"),
                                            ("qwen2", "split-k"), ("qwen3", "split-k"), ("qwen3-untied-gqa4", "direct"),
                                            ("mistral", "split-k"), ("smollm2", "direct"), ("llama3", "parts"),
-                                           ("qwen2", "parts"), ("mistral", "parts")])
+                                           ("qwen2", "parts"), ("mistral", "parts"), ("qwen3", "parts"),
+                                           ("qwen3-untied-gqa4", "parts")])
 def test_greedy_tokens_and_logits_match_the_reference(family, tiling):
-    """32 tokens in one launch: Llama 3 (RoPE scaling), Qwen2 (bias), Qwen3 (q/k norm), Mistral
-    (sliding window of 8, passed by this run), SmolLM2 (tied, 9 heads)."""
+    """32 tokens in one launch: Llama 3 (RoPE scaling), Qwen2 (bias), Qwen3 (q/k norm, in attention
+    with heads in parts), Mistral (sliding window of 8, passed by this run), SmolLM2 (tied, 9 heads)."""
     model = tiny_model(family)
     prompt = prompt_for(model.config)
     want_tokens, want_logits = greedy_reference(model, prompt, STEPS)
@@ -38,12 +39,13 @@ def test_any_sm_order_gives_bit_identical_logits():
     """Fixed-order reductions: random interleavings of the queues change nothing, not even the last bit."""
     model = tiny_model("qwen3")
     prompt = prompt_for(model.config)
-    runs = []
-    for order_seed in (None, 1, 2):
-        vm, first = prefilled_vm(model, TILINGS["split-k"], prompt, 8, num_sms=5, order_seed=order_seed, eos=())
-        vm.decode(first, len(prompt), 6)
-        runs.append(torch.cat(vm.logits_history))
-    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    for tiling in ("split-k", "parts"):
+        runs = []
+        for order_seed in (None, 1, 2):
+            vm, first = prefilled_vm(model, TILINGS[tiling], prompt, 8, num_sms=5, order_seed=order_seed, eos=())
+            vm.decode(first, len(prompt), 6)
+            runs.append(torch.cat(vm.logits_history))
+        assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
 
 
 def test_counters_carry_over_launches():
@@ -113,6 +115,22 @@ def test_sampling_is_seeded_and_respects_top_k():
     assert runs[0] != greedy.decode(first, len(prompt), 10)
 
 
+def test_sampling_draws_what_the_triton_sampler_draws():
+    """Each epoch's token is the graph runner's Gumbel-max draw over the same filtered logits, at the
+    request's seed and the epoch's step: one stream for every runner."""
+    from sonic.engine.sampling import filter_logits
+    from sonic.kernels.triton.lm_head_sample import gumbel_argmax
+    model = tiny_model("qwen2")
+    prompt = prompt_for(model.config)
+    for params in (SamplingParams(temperature=0.8, seed=11), SamplingParams(temperature=1.3, top_k=5, seed=2)):
+        vm, first = prefilled_vm(model, TILINGS["parts"], prompt, 12, sampling=params, eos=())
+        tokens = vm.decode(first, len(prompt), 10)
+        for step, (logits, token) in enumerate(zip(vm.logits_history, tokens)):
+            out = torch.empty(1, dtype=torch.int64)
+            gumbel_argmax(filter_logits(logits, params), torch.tensor([vm.seed]), torch.tensor([step]), out)
+            assert token == int(out[0])
+
+
 def _vm_with_gate_up_count(model, delta: int) -> MonoVM:
     program = build_program(model.config, TILINGS["direct"])
     bad = list(program.instructions)
@@ -138,7 +156,8 @@ def test_a_wait_for_too_few_signals_is_caught_when_it_passes_early():
 
 
 @pytest.mark.parametrize("family,tiling,rows", [("qwen3", "split-k", 1), ("qwen2", "direct", 1),
-                                                ("mistral", "split-k", 3), ("qwen2", "parts", 1), ("llama3", "parts", 2)])
+                                                ("mistral", "split-k", 3), ("qwen2", "parts", 1), ("llama3", "parts", 2),
+                                                ("qwen3", "parts", 1)])
 def test_instructions_touch_only_what_they_declare(family, tiling, rows):
     """Under the guard every undeclared region is poisoned: the results still match the reference."""
     model = tiny_model(family)

@@ -39,6 +39,18 @@ def test_built_programs_are_valid_and_simulate_without_deadlock(family, tiling):
             simulate(program, schedule, epochs=3, seed=seed)
 
 
+@pytest.mark.parametrize("family", ["qwen3", "qwen3-untied-gqa4"])
+def test_q_k_norm_in_attention_is_valid(family):
+    """One row, heads in parts: attention reads the raw k and the cache, the first O tile writes the
+    cache after every split has read it."""
+    program = _program(family, "parts", rows=1)
+    assert program.norm_in_attention
+    for sms in (1, 5, 16):
+        schedule = list_schedule(program, sms)
+        validate(program, schedule, epochs=3)
+        simulate(program, schedule, epochs=3, seed=sms)
+
+
 def test_presets_pass_on_132_sms():
     program = build_program(PRESETS["smollm2-135m"])
     validate(program, list_schedule(program, 132))

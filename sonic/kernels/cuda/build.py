@@ -34,7 +34,9 @@ def cache_dir() -> Path:
 
 
 def nvcc_flags(arch: str = ARCH) -> list[str]:
-    return ["-std=c++17", "-O3", f"-arch={arch}", "--expt-relaxed-constexpr", "-I", str(HERE)]
+    # SONIC_CUDA_LINEINFO=1: source lines in the cubin, for compute-sanitizer's reports and profilers.
+    lines = ["-lineinfo"] if os.environ.get("SONIC_CUDA_LINEINFO") == "1" else []
+    return ["-std=c++17", "-O3", f"-arch={arch}", "--expt-relaxed-constexpr", *lines, "-I", str(HERE)]
 
 
 def _nvcc(source: str, out_name: str, extra: list[str], arch: str) -> tuple[bytes, str]:

@@ -1,6 +1,60 @@
 // Attention of one KV head group: a split's partial output (online softmax over its keys) and the
 // merge of the splits in split order.
 
+// q/k norm and RoPE at `pos` of n whole heads held raw (bf16 values as floats), in place, as QKV does
+// for whole heads: head(h) is head h's HEAD_DIM values, weight(h) its norm, stat n floats of scratch.
+// Explicit roundings, so attention and the k writer get the same bits for the same head.
+template <class Head, class Weight>
+__device__ void norm_rope_heads(const Params& p, Head head, Weight weight, int n, float* stat, int pos, int t) {
+    for (int h = t; h < n; h += CONSUMERS) {
+        const float* v = head(h);
+        float ss = 0.f;
+        for (int d = 0; d < HEAD_DIM; ++d) ss = __fmaf_rn(v[d], v[d], ss);
+        stat[h] = rsqrtf(ss / HEAD_DIM + RMS_NORM_EPS);
+    }
+    consumers_sync();
+    const float* cs = p.cos + static_cast<size_t>(pos) * HEAD_DIM;
+    const float* sn = p.sin + static_cast<size_t>(pos) * HEAD_DIM;
+    for (int i = t; i < n * HALF_DIM; i += CONSUMERS) {
+        const int h = i / HALF_DIM, d = i % HALF_DIM;
+        float* v = head(h);
+        const bf16* w = weight(h);
+        const float r = stat[h];
+        const int e = d + HALF_DIM;
+        const float a = bf16_round(__fmul_rn(__bfloat162float(w[d]), bf16_round(__fmul_rn(v[d], r))));
+        const float b = bf16_round(__fmul_rn(__bfloat162float(w[e]), bf16_round(__fmul_rn(v[e], r))));
+        v[d] = bf16_round(__fsub_rn(__fmul_rn(a, __ldg(cs + d)), __fmul_rn(b, __ldg(sn + d))));
+        v[e] = bf16_round(__fadd_rn(__fmul_rn(b, __ldg(cs + e)), __fmul_rn(a, __ldg(sn + e))));
+    }
+    consumers_sync();
+}
+
+// Under NORM_IN_ATTENTION, by the layer's first O tile: every group's new k row, normed and rotated
+// from k_new, into the cache (one row: the builder's rule), a few groups at a time in the reduction
+// scratch.
+static_assert(!NORM_IN_ATTENTION || ROWS == 1, "q/k norm in attention runs one row");
+constexpr int NEW_K_GROUPS = cmin(NUM_KV_HEADS, RED_FLOATS / (HEAD_DIM + 1));
+__device__ void write_new_k(const Params& p, const Instruction& ins, uint8_t* smem, unsigned long long epoch, int t) {
+    float* vals = reinterpret_cast<float*>(smem + OFF_RED);
+    float* stat = vals + NEW_K_GROUPS * HEAD_DIM;
+    const bf16* k_norm = p.smalls + static_cast<size_t>(ins.layer) * SMALL_PER_LAYER + SMALL_K_NORM;
+    const int pos = position(p, 0, epoch);
+    for (int g0 = 0; g0 < NUM_KV_HEADS; g0 += NEW_K_GROUPS) {
+        const int n = cmin(NEW_K_GROUPS, NUM_KV_HEADS - g0);
+        for (int i = t; i < n * HEAD_DIM; i += CONSUMERS)
+            vals[i] = __bfloat162float(__ldcg(p.k_new + g0 * HEAD_DIM + i));
+        consumers_sync();
+        norm_rope_heads(p, [&](int h) { return vals + h * HEAD_DIM; }, [&](int) { return k_norm; }, n, stat, pos, t);
+        for (int i = t; i < n * HEAD_DIM; i += CONSUMERS) {
+            const int g = g0 + i / HEAD_DIM, d = i % HEAD_DIM;
+            const size_t row = ((static_cast<size_t>(ins.layer) * NUM_KV_HEADS + g) * p.max_len + pos) * HEAD_DIM;
+            __stcg(reinterpret_cast<unsigned short*>(p.k_cache + row + d),
+                   __bfloat16_as_ushort(__float2bfloat16(vals[i])));
+        }
+        consumers_sync();
+    }
+}
+
 // One KV split of one group for every row: unnormalised output, max and sum per q head. Keys are
 // taken ATTN_CHUNK at a time with an online softmax across chunks. Each pass issues all of its K and
 // V loads at once (into registers: a key row per thread, column pairs of V per thread), so a pass
@@ -30,6 +84,18 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
                 vreg[i] = __ldcg(reinterpret_cast<const unsigned*>(values + static_cast<size_t>(c0 + j) * HEAD_DIM) + d2);
         }
     };
+    // Under NORM_IN_ATTENTION the key at the position comes from knew (the first O tile caches it).
+    float* knew = reinterpret_cast<float*>(smem + OFF_RED);  // [HEAD_DIM], then GQA + 1 norms
+    auto patch = [&](int c0, int n, int pos) {
+        if (!NORM_IN_ATTENTION || t >= n || c0 + t != pos) return;
+#pragma unroll
+        for (int c = 0; c < HEAD_DIM / 8; ++c) {
+            __nv_bfloat162 v[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = __floats2bfloat162_rn(knew[c * 8 + 2 * j], knew[c * 8 + 2 * j + 1]);
+            kreg[c] = *reinterpret_cast<const uint4*>(v);
+        }
+    };
     for (int m = 0; m < ROWS; ++m) {
         const int pos = position(p, m, epoch);
         const int lo = SLIDING_WINDOW ? max(0, pos - SLIDING_WINDOW + 1) : 0, hi = pos + 1;
@@ -40,6 +106,16 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
         load(c0, n);
         for (int i = t; i < GQA_GROUP * HEAD_DIM; i += CONSUMERS)
             qs[i] = __bfloat162float(__ldcg(p.q + m * Q_SIZE + ins.group * GQA_GROUP * HEAD_DIM + i));
+        if (NORM_IN_ATTENTION) {  // q and k raw: norm and rotate them; the key at pos is not cached yet
+            for (int i = t; i < HEAD_DIM; i += CONSUMERS)
+                knew[i] = __bfloat162float(__ldcg(p.k_new + ins.group * HEAD_DIM + i));
+            consumers_sync();
+            const bf16* small = p.smalls + static_cast<size_t>(ins.layer) * SMALL_PER_LAYER;
+            norm_rope_heads(p, [&](int h) { return h < GQA_GROUP ? qs + h * HEAD_DIM : knew; },
+                            [&](int h) { return small + (h < GQA_GROUP ? SMALL_Q_NORM : SMALL_K_NORM); },
+                            GQA_GROUP + 1, knew + HEAD_DIM, pos, t);
+            patch(c0, n, pos);
+        }
         if (t < GQA_GROUP) { run[t] = -INFINITY; run[GQA_GROUP + t] = 0.f; }
         consumers_sync();
         float acc[GQA_GROUP][2];
@@ -109,7 +185,10 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
             }
             c0 += ATTN_CHUNK;
             n = min(ATTN_CHUNK, b - c0);
-            if (c0 < b) load(c0, n);  // in flight across the barrier
+            if (c0 < b) {
+                load(c0, n);  // in flight across the barrier
+                patch(c0, n, pos);
+            }
             consumers_sync();
         }
         // Sum the key lanes' partial outputs in lane order.
@@ -136,31 +215,70 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
 // The merge of a head's KV splits, in split order (deterministic), shared by ATTN_COMBINE and O's
 // staging (Tiling.combine_in_o). First merge_scales: for each (row, head) of heads h0..h0+nh-1 the
 // split scales and the total into `merge` (the reduction scratch, free outside a matvec); then, after
-// a barrier, merged() gives any feature of those heads.
+// a barrier, merge_features gives features k0..k0+n-1 of those heads (n a multiple of 4), four at a
+// time and the loads of several quads in flight, so the merge costs a round trip or two to L2.
 constexpr int MERGE_FLOATS = ROWS * NUM_HEADS * (KV_SPLITS + 1);
 static_assert(MERGE_FLOATS <= RED_FLOATS, "too many heads x splits to merge in the reduction scratch");
+constexpr int MERGE_QUADS = cmax(1, 4 / KV_SPLITS);  // quads a thread loads at once: 4 float4 or fewer
 __device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int t) {
     for (int i = t; i < ROWS * nh; i += CONSUMERS) {
         const int m = i / nh, base = (m * NUM_HEADS + h0 + i % nh) * KV_SPLITS;
-        float best = -INFINITY;
-        for (int s = 0; s < KV_SPLITS; ++s) best = fmaxf(best, __ldcg(p.attn_max + base + s));
-        float total = 0.f;
+        float top[KV_SPLITS], sum[KV_SPLITS];
+#pragma unroll
         for (int s = 0; s < KV_SPLITS; ++s) {
-            const float scale = __expf(__ldcg(p.attn_max + base + s) - best);
+            top[s] = __ldcg(p.attn_max + base + s);
+            sum[s] = __ldcg(p.attn_sum + base + s);
+        }
+        float best = -INFINITY;
+#pragma unroll
+        for (int s = 0; s < KV_SPLITS; ++s) best = fmaxf(best, top[s]);
+        float total = 0.f;
+#pragma unroll
+        for (int s = 0; s < KV_SPLITS; ++s) {
+            const float scale = __expf(top[s] - best);
             merge[i * KV_SPLITS + s] = scale;
-            total += scale * __ldcg(p.attn_sum + base + s);
+            total += scale * sum[s];
         }
         merge[ROWS * nh * KV_SPLITS + i] = total;
     }
 }
 
-// Feature d of head h0 + hi of row m, merged (bf16, as the reference's attention output).
-__device__ __forceinline__ bf16 merged(const Params& p, const float* merge, int h0, int nh, int m, int hi, int d) {
-    const int base = (m * NUM_HEADS + h0 + hi) * KV_SPLITS;
-    const float* scale = merge + (m * nh + hi) * KV_SPLITS;
-    float out = 0.f;
-    for (int s = 0; s < KV_SPLITS; ++s) out += scale[s] * __ldcg(p.attn_o + static_cast<size_t>(base + s) * HEAD_DIM + d);
-    return __float2bfloat16(out / merge[ROWS * nh * KV_SPLITS + m * nh + hi]);
+// store(m, c, value) for features c = 0..n-1 (k0 + c of heads h0..) of every row, merged (bf16, as the
+// reference's attention output).
+template <class Store>
+__device__ void merge_features(const Params& p, const float* merge, int h0, int nh, int k0, int n, int t,
+                               Store store) {
+    const int quads = ROWS * n / 4;
+    for (int q0 = t; q0 < quads; q0 += CONSUMERS * MERGE_QUADS) {
+        float4 v[MERGE_QUADS][KV_SPLITS];
+#pragma unroll
+        for (int g = 0; g < MERGE_QUADS; ++g) {
+            const int qi = q0 + g * CONSUMERS, m = qi * 4 / n, k = k0 + qi * 4 % n;
+            const size_t base = static_cast<size_t>(m * NUM_HEADS + k / HEAD_DIM) * KV_SPLITS * HEAD_DIM + k % HEAD_DIM;
+#pragma unroll
+            for (int s = 0; s < KV_SPLITS; ++s)
+                if (qi < quads) v[g][s] = __ldcg(reinterpret_cast<const float4*>(p.attn_o + base + s * HEAD_DIM));
+        }
+#pragma unroll
+        for (int g = 0; g < MERGE_QUADS; ++g) {
+            const int qi = q0 + g * CONSUMERS, m = qi * 4 / n, c = qi * 4 % n, hi = (k0 + c) / HEAD_DIM - h0;
+            if (qi >= quads) break;
+            const float* scale = merge + (m * nh + hi) * KV_SPLITS;
+            float4 out = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int s = 0; s < KV_SPLITS; ++s) {
+                out.x += scale[s] * v[g][s].x;
+                out.y += scale[s] * v[g][s].y;
+                out.z += scale[s] * v[g][s].z;
+                out.w += scale[s] * v[g][s].w;
+            }
+            const float total = merge[ROWS * nh * KV_SPLITS + m * nh + hi];
+            store(m, c, __float2bfloat16(out.x / total));
+            store(m, c + 1, __float2bfloat16(out.y / total));
+            store(m, c + 2, __float2bfloat16(out.z / total));
+            store(m, c + 3, __float2bfloat16(out.w / total));
+        }
+    }
 }
 
 __device__ void op_attn_combine(const Params& p, const Instruction& ins, uint8_t* smem) {
@@ -168,23 +286,18 @@ __device__ void op_attn_combine(const Params& p, const Instruction& ins, uint8_t
     float* merge = reinterpret_cast<float*>(smem + OFF_RED);
     merge_scales(p, merge, h0, GQA_GROUP, t);
     consumers_sync();
-    for (int i = t; i < ROWS * GQA_GROUP * HEAD_DIM; i += CONSUMERS) {
-        const int m = i / (GQA_GROUP * HEAD_DIM), hi = (i / HEAD_DIM) % GQA_GROUP, d = i % HEAD_DIM;
-        __stcg(reinterpret_cast<unsigned short*>(p.attn + m * Q_SIZE + (h0 + hi) * HEAD_DIM + d),
-               __bfloat16_as_ushort(merged(p, merge, h0, GQA_GROUP, m, hi, d)));
-    }
+    merge_features(p, merge, h0, GQA_GROUP, h0 * HEAD_DIM, GQA_GROUP * HEAD_DIM, t, [&](int m, int c, bf16 v) {
+        __stcg(reinterpret_cast<unsigned short*>(p.attn + m * Q_SIZE + h0 * HEAD_DIM + c), __bfloat16_as_ushort(v));
+    });
 }
 
 // O's inputs with the merge folded in: x[m][c] = attention output feature k0 + c.
 __device__ void stage_attention(const Params& p, uint8_t* smem, int k0, int k1, int t) {
     float* merge = reinterpret_cast<float*>(smem + OFF_RED);
     bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
-    const int h0 = k0 / HEAD_DIM, nh = (k1 + HEAD_DIM - 1) / HEAD_DIM - h0, n = k1 - k0;
+    const int h0 = k0 / HEAD_DIM, nh = (k1 + HEAD_DIM - 1) / HEAD_DIM - h0;
     merge_scales(p, merge, h0, nh, t);
     consumers_sync();
-    for (int i = t; i < ROWS * n; i += CONSUMERS) {
-        const int m = i / n, c = i % n, k = k0 + c;
-        x[m * X_COLS + c] = merged(p, merge, h0, nh, m, k / HEAD_DIM - h0, k % HEAD_DIM);
-    }
+    merge_features(p, merge, h0, nh, k0, k1 - k0, t, [&](int m, int c, bf16 v) { x[m * X_COLS + c] = v; });
     consumers_sync();
 }

@@ -14,6 +14,7 @@ constexpr int THREADS = CONSUMERS + 32;
 #define MONO_PAGE_KIB 16  // 8 KiB pages measured slower
 #endif
 constexpr int PAGE_BYTES = MONO_PAGE_KIB * 1024;
+constexpr int PAGE_ARRIVALS = 32;  // arrivals that free a page (matvec.cuh: release_page)
 constexpr int SMEM_BYTES = 227 * 1024;  // dynamic shared memory of the launch: Hopper's maximum
 
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
@@ -81,7 +82,8 @@ struct Params {
     bf16* k_cache;                // [layers][NUM_KV_HEADS][max_len][HEAD_DIM]
     bf16* v_cache;
     float* h;                     // [ROWS][HIDDEN_SIZE] residual stream
-    bf16* q;                      // [ROWS][Q_SIZE]
+    bf16* q;                      // [ROWS][Q_SIZE] (raw under NORM_IN_ATTENTION)
+    bf16* k_new;                  // [ROWS][KV_SIZE]: raw k under NORM_IN_ATTENTION
     float* attn_o;                // [ROWS][NUM_HEADS][KV_SPLITS][HEAD_DIM]
     float* attn_max;              // [ROWS][NUM_HEADS][KV_SPLITS]
     float* attn_sum;
@@ -91,6 +93,8 @@ struct Params {
     float* logits;                // [ROWS][VOCAB_SIZE]
     float* part_val;              // [ROWS][NUM_LM_TILES]: each LM-head tile's best logit
     int32_t* part_idx;
+    float* cand_val;              // [ROWS][NUM_LM_TILES][MAX_TOP_K]: each tile's best scaled logits (top-k)
+    int32_t* cand_idx;
     int32_t* token;               // [ROWS] current tokens (the host writes the first)
     const int32_t* pos;           // [ROWS] their positions in the launch's first epoch (the host's)
     unsigned long long* counters; // never reset
@@ -106,7 +110,11 @@ struct Params {
     uint32_t num_epochs;
     uint32_t max_len;
     uint32_t stop_at_eos;         // end the launch after an EOS token (decode, one row)
-    uint32_t pad;
+    uint32_t top_k;               // sampling (sample.cuh): 0 = off
+    unsigned long long seed;      // the request's random stream
+    unsigned long long sample_step;  // its step in the launch's first epoch
+    float inv_temperature;        // 1 / T in float32; 0 = greedy
+    float top_p;                  // 1 = off
 };
 
 // Position in the ring of pages: page i of the stream sits in slot i % NUM_PAGES, in that slot's

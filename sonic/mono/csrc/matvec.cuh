@@ -128,7 +128,10 @@ __device__ __forceinline__ const uint4* wait_page(const Params& p, uint8_t* smem
     return reinterpret_cast<const uint4*>(smem + OFF_PAGES + Ring::slot(i) * PAGE_BYTES);
 }
 
-// Hands page i's slot back to the producer (one arrival per page).
+// Hands page i's slot back to the producer: every lane of a warp arrives (PAGE_ARRIVALS), the warp
+// that read the page or warp 0 after the CTA's barrier, so each reader's reads are ordered before the
+// refill by its own release (one lane's arrival after __syncwarp measured no faster, and the race
+// checker cannot follow it).
 __device__ __forceinline__ void release_page(uint8_t* smem, uint32_t i) {
     mono_ptx::mbar_arrive(reinterpret_cast<uint64_t*>(smem + OFF_EMPTY) + Ring::slot(i));
 }
@@ -159,7 +162,7 @@ __device__ void matvec_warp_pages(const Params& p, uint8_t* smem, Ring& ring, ui
             default: page_dot<1>(page, x, vectors, rows, kc0, lane, acc); break;
         }
         __syncwarp();
-        if (lane == 0) release_page(smem, i);
+        release_page(smem, i);
     }
     ring.count += pages;
     if (rows <= 32) {
@@ -205,7 +208,7 @@ __device__ void matvec_shared_pages(const Params& p, uint8_t* smem, Ring& ring, 
             }
         }
         consumers_sync();  // every warp has read the page
-        if (t == 0) release_page(smem, ring.count);
+        if (t < 32) release_page(smem, ring.count);
         first += n;
     }
     // Laid out as the warp path's [groups][rows]: group j holds threads j * rows .. j * rows + rows - 1.

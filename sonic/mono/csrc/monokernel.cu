@@ -20,6 +20,11 @@ constexpr uint32_t IN_FLIGHT = MONO_IN_FLIGHT;
 
 // ---- waits, signals, the two roles ----
 
+// Flags that consumer thread 0 and the producer share without ever meeting at a barrier: atomics, so
+// each access is whole and ordered (and the race checker sees why).
+__device__ __forceinline__ uint32_t flag_get(uint32_t* flags, int i) { return atomicAdd(flags + i, 0u); }
+__device__ __forceinline__ void flag_set(uint32_t* flags, int i, uint32_t v) { atomicExch(flags + i, v); }
+
 // Thread 0 polls the instruction's counters; false when the launch must end instead (a stop before
 // this epoch, an abort by another CTA, or this wait timing out).
 __device__ bool wait_for(const Params& p, const Instruction& ins, uint32_t index, unsigned long long epoch) {
@@ -76,7 +81,7 @@ struct Cursor {
 __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q1) {
     uint64_t* full = reinterpret_cast<uint64_t*>(smem + OFF_FULL);
     uint64_t* empty = reinterpret_cast<uint64_t*>(smem + OFF_EMPTY);
-    volatile uint32_t* flags = reinterpret_cast<volatile uint32_t*>(smem + OFF_FLAGS);
+    uint32_t* flags = reinterpret_cast<uint32_t*>(smem + OFF_FLAGS);
     const uint64_t policy = mono_ptx::evict_first_policy();
     Ring ring;
     Cursor copy(q0);
@@ -85,30 +90,30 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
     while (copy.next(p, q0, q1, src, n)) {
         const uint32_t slot = Ring::slot(ring.count);
         while (!mono_ptx::mbar_try_wait(&empty[slot], Ring::phase(ring.count) ^ 1))
-            if (flags[FLAG_EXIT]) goto drain;
+            if (flag_get(flags, FLAG_EXIT)) goto drain;
         if (IN_FLIGHT < NUM_PAGES && ring.count >= IN_FLIGHT) {  // page count - IN_FLIGHT has landed
             const uint32_t old = ring.count - IN_FLIGHT;
             while (!mono_ptx::mbar_try_wait(&full[Ring::slot(old)], Ring::phase(old)))
-                if (flags[FLAG_EXIT]) goto drain;
+                if (flag_get(flags, FLAG_EXIT)) goto drain;
         }
         if (MONO_PAUSE)
-            while (flags[FLAG_PAUSE])
-                if (flags[FLAG_EXIT]) goto drain;
+            while (flag_get(flags, FLAG_PAUSE))
+                if (flag_get(flags, FLAG_EXIT)) goto drain;
         mono_ptx::mbar_expect_tx(&full[slot], n);
         mono_ptx::bulk_copy(smem + OFF_PAGES + slot * PAGE_BYTES, src, n, &full[slot], policy);
         if (p.profile && copy.last) p.profile[PROFILE_STAMPS * copy.index + 5] = mono_ptx::globaltimer();
         ++ring.count;
     }
-    while (!flags[FLAG_EXIT]) {
+    while (!flag_get(flags, FLAG_EXIT)) {
     }
 drain:  // the CTA may not end while copies into its shared memory are in flight
-    for (uint32_t i = flags[FLAG_CONSUMED]; i < ring.count; ++i)
+    for (uint32_t i = flag_get(flags, FLAG_CONSUMED); i < ring.count; ++i)
         mono_ptx::mbar_wait(&full[Ring::slot(i)], Ring::phase(i));
 }
 
 __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q1) {
     const int t = threadIdx.x;
-    volatile uint32_t* flags = reinterpret_cast<volatile uint32_t*>(smem + OFF_FLAGS);
+    uint32_t* flags = reinterpret_cast<uint32_t*>(smem + OFF_FLAGS);
     Ring ring;
     Staged staged;
     for (uint32_t e = 0; e < p.num_epochs; ++e) {
@@ -137,9 +142,9 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             const unsigned long long op_done = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();  // every thread's stores are done before the release
             if (t == 0) {
-                if (MONO_PAUSE) flags[FLAG_PAUSE] = 1;
+                if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 1);
                 mono_ptx::red_release_add(p.counters + ins.signal, 1ull);
-                if (MONO_PAUSE) flags[FLAG_PAUSE] = 0;
+                if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 0);
             }
             if (p.profile && t == 0) {
                 unsigned long long* out = p.profile + PROFILE_STAMPS * index;
@@ -157,9 +162,9 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
     }
 done:
     if (t == 0) {
-        flags[FLAG_CONSUMED] = ring.count;
+        flag_set(flags, FLAG_CONSUMED, ring.count);
         __threadfence_block();
-        flags[FLAG_EXIT] = 1;
+        flag_set(flags, FLAG_EXIT, 1);
     }
 }
 
@@ -174,7 +179,7 @@ extern "C" __global__ void __maxnreg__(168) mono_decode(const __grid_constant__ 
         uint64_t* empty = reinterpret_cast<uint64_t*>(smem + OFF_EMPTY);
         for (int i = 0; i < NUM_PAGES; ++i) {
             mono_ptx::mbar_init(&full[i], 1);
-            mono_ptx::mbar_init(&empty[i], 1);  // one arrival: the warp (or the CTA) that read the page
+            mono_ptx::mbar_init(&empty[i], PAGE_ARRIVALS);
         }
         volatile uint32_t* flags = reinterpret_cast<volatile uint32_t*>(smem + OFF_FLAGS);
         flags[FLAG_EXIT] = 0;
@@ -196,4 +201,5 @@ extern "C" __global__ void mono_layout(int32_t* out) {
     out[1] = SMEM_BYTES;
     out[2] = NUM_PAGES;
     out[3] = NUM_LM_TILES;
+    out[4] = MAX_TOP_K;
 }

@@ -1,5 +1,5 @@
-// The opcodes other than attention: embedding, QKV with RoPE and the KV append, projections into
-// the residual, gate/up with SiLU, the LM head with its argmax partials, and sampling.
+// The opcodes other than attention and the token choice: embedding, QKV with RoPE and the KV
+// append, projections into the residual, gate/up with SiLU.
 
 __device__ void op_embed(const Params& p, const Instruction& ins) {
     const int t = threadIdx.x;
@@ -39,7 +39,7 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
         y[i] = v;
     }
     consumers_sync();
-    if (QK_NORM) {  // per-head RMSNorm of q and k, one thread per (head, row)
+    if (QK_NORM && !NORM_IN_ATTENTION) {  // per-head RMSNorm of q and k, one thread per (head, row)
         for (int i = t; i < slots * ROWS; i += CONSUMERS) {
             const int s = i / ROWS, m = i % ROWS;
             float ss = 0.f;
@@ -64,6 +64,14 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
             continue;
         }
         const bool is_q = slot < GQA_GROUP;
+        if (NORM_IN_ATTENTION) {  // raw: attention norms and rotates whole heads
+            bf16* row = is_q ? p.q + m * Q_SIZE + (ins.group * GQA_GROUP + slot) * HEAD_DIM
+                             : p.k_new + m * KV_SIZE + ins.group * HEAD_DIM;
+            unsigned short* raw = reinterpret_cast<unsigned short*>(row);
+            __stcg(raw + d, __bfloat16_as_ushort(__float2bfloat16(a)));
+            __stcg(raw + d + HALF_DIM, __bfloat16_as_ushort(__float2bfloat16(b)));
+            continue;
+        }
         if (QK_NORM) {
             const float r = stat[s * ROWS + m];
             const bf16* wn = small + (is_q ? SMALL_Q_NORM : SMALL_K_NORM);
@@ -98,6 +106,8 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
         }
     }
     matvec_tile(p, smem, ring, ins.weight_bytes, rows, t);
+    if (NORM_IN_ATTENTION && ins.opcode == OP_O_PROJ && ins.tile_begin == 0 && ins.split == 0)
+        write_new_k(p, ins, smem, epoch, t);  // every split has read the cache (O waits on them all)
     for (int i = t; i < rows * ROWS; i += CONSUMERS) {
         const int r = ins.tile_begin + i / ROWS, m = i % ROWS;
         const float v = bf16_round(y[i]);  // the reference's bf16 matmul output
@@ -134,82 +144,5 @@ __device__ void op_gate_up(const Params& p, const Instruction& ins, uint8_t* sme
         const float silu = bf16_round(g / (1.f + __expf(-g)));
         __stcg(reinterpret_cast<unsigned short*>(p.act + m * INTERMEDIATE_SIZE + ins.tile_begin + r),
                __bfloat16_as_ushort(__float2bfloat16(silu * u)));
-    }
-}
-
-// (value, index) order of argmax: larger value, then the lower index (as torch.argmax).
-__device__ __forceinline__ bool better(float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); }
-
-__device__ void warp_argmax(float& v, int& i) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, i, o);
-        if (better(ov, oi, v, i)) { v = ov; i = oi; }
-    }
-}
-
-// Block argmax of (v, i) over the consumer threads; the result is valid on thread 0.
-__device__ void block_argmax(float& v, int& i, uint8_t* smem, int t) {
-    float* sv = reinterpret_cast<float*>(smem + OFF_RED);
-    int* si = reinterpret_cast<int*>(smem + OFF_RED) + CONSUMER_WARPS;
-    warp_argmax(v, i);
-    if (t % 32 == 0) { sv[t / 32] = v; si[t / 32] = i; }
-    consumers_sync();
-    if (t == 0)
-        for (int w = 1; w < CONSUMER_WARPS; ++w)
-            if (better(sv[w], si[w], v, i)) { v = sv[w]; i = si[w]; }
-    consumers_sync();
-}
-
-__device__ void op_lm_head(const Params& p, const Instruction& ins, uint8_t* smem, Ring& ring,
-                           unsigned long long epoch, Staged& staged) {
-    const int t = threadIdx.x, rows = ins.tile_end - ins.tile_begin;
-    const float* y = reinterpret_cast<const float*>(smem + OFF_Y);
-    if (staged.fresh(epoch, ins)) stage_norm(p, smem, p.final_norm, t);
-    matvec_tile(p, smem, ring, ins.weight_bytes, rows, t);
-    const int tile = ins.tile_begin / LM_HEAD_ROWS_PER_TILE;
-    for (int m = 0; m < ROWS; ++m) {
-        float v = -INFINITY;
-        int idx = 0x7fffffff;
-        if (t < rows) {
-            v = y[t * ROWS + m];
-            idx = ins.tile_begin + t;
-            __stcg(p.logits + static_cast<size_t>(m) * VOCAB_SIZE + idx, v);
-        }
-        block_argmax(v, idx, smem, t);
-        if (t == 0) {
-            __stcg(p.part_val + m * NUM_LM_TILES + tile, v);
-            __stcg(p.part_idx + m * NUM_LM_TILES + tile, idx);
-        }
-    }
-}
-
-// Greedy choice from the LM-head tiles' partials; token to the host; the stop decision. (The next
-// epoch's position is derived: position().)
-__device__ void op_sample(const Params& p, unsigned long long epoch, uint8_t* smem) {
-    const int t = threadIdx.x;
-    bool eos = false;
-    for (int m = 0; m < ROWS; ++m) {
-        float v = -INFINITY;
-        int idx = 0x7fffffff;
-        for (int j = t; j < NUM_LM_TILES; j += CONSUMERS) {
-            const float jv = __ldcg(p.part_val + m * NUM_LM_TILES + j);
-            const int ji = __ldcg(p.part_idx + m * NUM_LM_TILES + j);
-            if (better(jv, ji, v, idx)) { v = jv; idx = ji; }
-        }
-        block_argmax(v, idx, smem, t);
-        if (idx < 0 || idx >= VOCAB_SIZE) idx = 0;  // NaN logits: a valid token, never a wild embedding row
-        if (t == 0) {
-            __stcg(p.token + m, idx);
-            p.out_tokens[(epoch - p.first_epoch) * ROWS + m] = idx;
-            for (int e = 0; e < NUM_EOS; ++e) eos |= idx == EOS_TOKENS[e];
-        }
-    }
-    if (t == 0) {
-        const bool host_stop = *reinterpret_cast<const volatile int32_t*>(p.host_stop) != 0;
-        if ((eos && ROWS == 1 && p.stop_at_eos) || host_stop) *reinterpret_cast<volatile unsigned long long*>(p.stop_epoch) = epoch;
-        __threadfence_system();
-        *reinterpret_cast<volatile int32_t*>(p.out_count) = static_cast<int32_t>(epoch - p.first_epoch + 1);
     }
 }
