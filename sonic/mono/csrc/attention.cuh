@@ -48,8 +48,7 @@ __device__ void write_new_k(const Params& p, const Instruction& ins, uint8_t* sm
         for (int i = t; i < n * HEAD_DIM; i += CONSUMERS) {
             const int g = g0 + i / HEAD_DIM, d = i % HEAD_DIM;
             const size_t row = ((static_cast<size_t>(ins.layer) * NUM_KV_HEADS + g) * p.max_len + pos) * HEAD_DIM;
-            __stcg(reinterpret_cast<unsigned short*>(p.k_cache + row + d),
-                   __bfloat16_as_ushort(__float2bfloat16(vals[i])));
+            store_bf16(p.k_cache + row + d, vals[i]);
         }
         consumers_sync();
     }

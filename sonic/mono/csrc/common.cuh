@@ -160,6 +160,11 @@ __device__ __forceinline__ void stamp(const Params& p, uint8_t* smem, int k) {
 
 __device__ __forceinline__ float bf16_round(float x) { return __bfloat162float(__float2bfloat16(x)); }
 
+// dst = bf16(v), past L1 (another SM reads it).
+__device__ __forceinline__ void store_bf16(bf16* dst, float v) {
+    __stcg(reinterpret_cast<unsigned short*>(dst), __bfloat16_as_ushort(__float2bfloat16(v)));
+}
+
 // acc + w . x over 8 bf16 pairs: two halves of four products summed apart, then added to acc (a
 // shorter dependent chain than eight FMAs into acc).
 __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc) {

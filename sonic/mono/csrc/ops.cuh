@@ -10,6 +10,12 @@ __device__ void op_embed(const Params& p, const Instruction& ins) {
     }
 }
 
+// A RoPE pair of one head: dims d and d + HEAD_DIM / 2.
+__device__ __forceinline__ void store_pair(bf16* head, int d, float a, float b) {
+    store_bf16(head + d, a);
+    store_bf16(head + d + HALF_DIM, b);
+}
+
 // First row of the fused QKV matrix of one head slot (q heads, then k, then v of the group).
 __device__ __forceinline__ int qkv_slot_row(int group, int slot) {
     if (slot < GQA_GROUP) return (group * GQA_GROUP + slot) * HEAD_DIM;
@@ -58,18 +64,14 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
         const int pos = position(p, m, epoch);
         const size_t cache_row = ((static_cast<size_t>(ins.layer) * NUM_KV_HEADS + ins.group) * p.max_len + pos) * HEAD_DIM;
         if (slot == GQA_GROUP + 1) {  // v: straight into the cache
-            __stcg(reinterpret_cast<unsigned short*>(p.v_cache + cache_row + d), __bfloat16_as_ushort(__float2bfloat16(a)));
-            __stcg(reinterpret_cast<unsigned short*>(p.v_cache + cache_row + d + HALF_DIM),
-                   __bfloat16_as_ushort(__float2bfloat16(b)));
+            store_pair(p.v_cache + cache_row, d, a, b);
             continue;
         }
         const bool is_q = slot < GQA_GROUP;
+        bf16* head = is_q ? p.q + m * Q_SIZE + (ins.group * GQA_GROUP + slot) * HEAD_DIM
+                          : (NORM_IN_ATTENTION ? p.k_new + m * KV_SIZE + ins.group * HEAD_DIM : p.k_cache + cache_row);
         if (NORM_IN_ATTENTION) {  // raw: attention norms and rotates whole heads
-            bf16* row = is_q ? p.q + m * Q_SIZE + (ins.group * GQA_GROUP + slot) * HEAD_DIM
-                             : p.k_new + m * KV_SIZE + ins.group * HEAD_DIM;
-            unsigned short* raw = reinterpret_cast<unsigned short*>(row);
-            __stcg(raw + d, __bfloat16_as_ushort(__float2bfloat16(a)));
-            __stcg(raw + d + HALF_DIM, __bfloat16_as_ushort(__float2bfloat16(b)));
+            store_pair(head, d, a, b);
             continue;
         }
         if (QK_NORM) {
@@ -82,14 +84,7 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
         const float* sn = p.sin + static_cast<size_t>(pos) * HEAD_DIM;
         const float ra = a * __ldg(cs + d) - b * __ldg(sn + d);
         const float rb = b * __ldg(cs + d + HALF_DIM) + a * __ldg(sn + d + HALF_DIM);
-        unsigned short* dst;
-        if (is_q) {
-            dst = reinterpret_cast<unsigned short*>(p.q + m * Q_SIZE + (ins.group * GQA_GROUP + slot) * HEAD_DIM);
-        } else {
-            dst = reinterpret_cast<unsigned short*>(p.k_cache + cache_row);
-        }
-        __stcg(dst + d, __bfloat16_as_ushort(__float2bfloat16(ra)));
-        __stcg(dst + d + HALF_DIM, __bfloat16_as_ushort(__float2bfloat16(rb)));
+        store_pair(head, d, ra, rb);
     }
 }
 
@@ -142,7 +137,6 @@ __device__ void op_gate_up(const Params& p, const Instruction& ins, uint8_t* sme
         const int r = i / ROWS, m = i % ROWS;
         const float g = bf16_round(y[i]), u = bf16_round(y[(r + n) * ROWS + m]);
         const float silu = bf16_round(g / (1.f + __expf(-g)));
-        __stcg(reinterpret_cast<unsigned short*>(p.act + m * INTERMEDIATE_SIZE + ins.tile_begin + r),
-               __bfloat16_as_ushort(__float2bfloat16(silu * u)));
+        store_bf16(p.act + m * INTERMEDIATE_SIZE + ins.tile_begin + r, silu * u);
     }
 }
