@@ -112,3 +112,16 @@ def test_head_parts_keep_rope_pairs_together():
     assert not build_program(tiny("llama3"), Tiling(qkv_head_parts=2, combine_in_o=True)).norm_in_attention
     assert build_program(tiny("qwen3"), Tiling(qkv_head_parts=2)).tiling.qkv_head_parts == 1
     assert build_program(tiny("qwen3"), Tiling(qkv_head_parts=2, combine_in_o=True), rows=2).tiling.qkv_head_parts == 1
+
+
+def test_default_tiling_cuts_heads_into_four_parts_only_within_one_wave():
+    from sonic.mono.runner import default_tiling
+    parts = lambda name, sms=132: default_tiling(PRESETS[name], sms).qkv_head_parts  # noqa: E731
+    # qwen3-1.7b: (16 + 2 * 8) heads * 4 = 128 QKV tiles of 32 rows fit 132 SMs; llama-3.2-1b's 48
+    # heads would need 192, two waves; on fewer SMs qwen3 too keeps two parts.
+    assert parts("qwen3-1.7b") == 4 and parts("qwen3-1.7b", 114) == 2
+    assert parts("llama-3.2-1b") == parts("llama-3.1-8b") == 2
+    # A part keeps 16 rows for the tensor cores: head_dim 32 keeps two parts.
+    assert default_tiling(tiny("llama3").with_(head_dim=32), 132).qkv_head_parts == 2
+    for name in ("qwen3-1.7b", "llama-3.2-1b", "smollm2-135m"):
+        build_program(PRESETS[name], default_tiling(PRESETS[name]))  # valid for the builder
