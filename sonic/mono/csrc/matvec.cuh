@@ -140,8 +140,8 @@ __device__ __forceinline__ void release_page(uint8_t* smem, uint32_t i) {
 // operand (rows x k), the query rows its B columns (column m = query row m, the rest zero). In the
 // [chunks][rows][8] layout an 8 x 8 matrix (8 rows, one chunk) is 128 contiguous bytes, so ldmatrix
 // reads the page without bank conflicts. P independent accumulators keep P MMAs in flight. Against
-// the FMA path (MONO_MMA=0): llama-3.2-1b 1133 -> 1222 tok/s, the O and QKV matvecs 1.9 -> 1.5 and
-// 2.4 -> 1.7 us (H200).
+// the FMA path (MONO_MMA=0): llama-3.2-1b 1133 -> 1222 tok/s, the O and QKV matvecs 1.9 -> 1.4 and
+// 2.4 -> 1.6 us (H200).
 #ifndef MONO_MMA
 #define MONO_MMA 1
 #endif
@@ -150,19 +150,18 @@ __device__ __forceinline__ void release_page(uint8_t* smem, uint32_t i) {
 #endif
 constexpr int MMA_MAX_BLOCKS = MONO_MMA_BLOCKS;
 
-// c[q] += one k-pair of chunks at chunk k of the page for every block (pair = false: chunk k alone).
+// The operands of chunks k and k + 1 of the page (pair = false: chunk k alone, k + 1 as zeros): every
+// block's A fragments and x's B fragment.
 template <int BLOCKS>
-__device__ __forceinline__ void mma_chunks(uint32_t a_base, const bf16* xr, uint32_t k, bool pair, bool has_x,
-                                           float (&c)[BLOCKS][4]) {
-    const uint32_t b0 = has_x ? *reinterpret_cast<const uint32_t*>(xr + k * 8) : 0u;
-    const uint32_t b1 = has_x && pair ? *reinterpret_cast<const uint32_t*>(xr + k * 8 + 8) : 0u;
+__device__ __forceinline__ void mma_operands(uint32_t a_base, const bf16* xr, uint32_t k, bool pair, bool has_x,
+                                             uint32_t (&a)[BLOCKS][4], uint32_t (&b)[2]) {
+    b[0] = has_x ? *reinterpret_cast<const uint32_t*>(xr + k * 8) : 0u;
+    b[1] = has_x && pair ? *reinterpret_cast<const uint32_t*>(xr + k * 8 + 8) : 0u;
 #pragma unroll
-    for (int b = 0; b < BLOCKS; ++b) {
-        uint32_t a[4];
-        const uint32_t addr = a_base + (k * 16 * BLOCKS + b * 16) * 16;
-        if (pair) mono_ptx::ldmatrix_x4(addr, a);
-        else mono_ptx::ldmatrix_x2(addr, a);
-        mono_ptx::mma_16816(c[b], a, b0, b1);
+    for (int bl = 0; bl < BLOCKS; ++bl) {
+        const uint32_t addr = a_base + (k * 16 * BLOCKS + bl * 16) * 16;
+        if (pair) mono_ptx::ldmatrix_x4(addr, a[bl]);
+        else mono_ptx::ldmatrix_x2(addr, a[bl]);
     }
 }
 
@@ -196,19 +195,18 @@ __device__ void matvec_warp_mma(const Params& p, uint8_t* smem, Ring& ring, uint
         for (; k + 2 * P <= chunks; k += 2 * P) {
             uint32_t a[P][BLOCKS][4], b[P][2];
 #pragma unroll
-            for (int q = 0; q < P; ++q) {
-                b[q][0] = has_x ? *reinterpret_cast<const uint32_t*>(xr + (k + 2 * q) * 8) : 0u;
-                b[q][1] = has_x ? *reinterpret_cast<const uint32_t*>(xr + (k + 2 * q) * 8 + 8) : 0u;
-#pragma unroll
-                for (int bl = 0; bl < BLOCKS; ++bl)
-                    mono_ptx::ldmatrix_x4(a_base + ((k + 2 * q) * rows + bl * 16) * 16, a[q][bl]);
-            }
+            for (int q = 0; q < P; ++q) mma_operands<BLOCKS>(a_base, xr, k + 2 * q, true, has_x, a[q], b[q]);
 #pragma unroll
             for (int q = 0; q < P; ++q)
 #pragma unroll
                 for (int bl = 0; bl < BLOCKS; ++bl) mono_ptx::mma_16816(c[q][bl], a[q][bl], b[q][0], b[q][1]);
         }
-        for (; k < chunks; k += 2) mma_chunks<BLOCKS>(a_base, xr, k, k + 1 < chunks, has_x, c[0]);
+        for (; k < chunks; k += 2) {  // the page's last chunks (an odd one pairs with zeros)
+            uint32_t a[BLOCKS][4], b[2];
+            mma_operands<BLOCKS>(a_base, xr, k, k + 1 < chunks, has_x, a, b);
+#pragma unroll
+            for (int bl = 0; bl < BLOCKS; ++bl) mono_ptx::mma_16816(c[0][bl], a[bl], b[0], b[1]);
+        }
         __syncwarp();
         release_page(smem, i);
     }
