@@ -9,6 +9,7 @@ import hashlib
 
 from sonic.mono.instructions import MAX_WAITS, Op, Program
 from sonic.mono.layout import c_type, instruction_dtype, instruction_fields
+from sonic.mono.tiles import widest_tile
 
 NAMESPACE = "sonic_mono"
 
@@ -26,7 +27,7 @@ def _constants(program: Program) -> list[tuple[str, str, object]]:
         "GATE_UP_ROWS_PER_TILE": t.gate_up_rows_per_tile, "DOWN_ROWS_PER_TILE": t.down_rows_per_tile,
         "LM_HEAD_ROWS_PER_TILE": t.lm_head_rows_per_tile, "WEIGHT_BYTES": t.weight_bytes,
         "NUM_INSTRUCTIONS": len(program.instructions), "NUM_COUNTERS": len(program.counters),
-        "NUM_EOS": len(c.eos_token_ids),
+        "NUM_EOS": len(c.eos_token_ids), "TILE_ROWS": widest_tile(program),
     }
     out: list[tuple[str, str, object]] = [("int", k, v) for k, v in ints.items()]
     out += [("bool", "ATTENTION_BIAS", c.attention_bias), ("bool", "QK_NORM", c.qk_norm),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sonic.mono.codegen import generate_header
 from sonic.mono.instructions import Op, Program
-from sonic.mono.tiles import head_parts
+from sonic.mono.tiles import head_parts, widest_tile
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 # One source, in this order.
@@ -47,6 +47,29 @@ def unsupported(program: Program) -> str | None:
         if (ins.k_end - ins.k_begin) % 8 and ins.op in (Op.O_PROJ, Op.DOWN_PROJ):
             return f"a {ins.op.name} k split of {ins.k_end - ins.k_begin} is not a multiple of 8"
     return None
+
+
+# common.cuh's launch shape and shared-memory layout (defaults of its MONO_* macros), mirrored so the
+# host can size verification batches without compiling; a compile test checks the two agree.
+CONSUMERS, CONSUMER_WARPS, PAGE_BYTES, SMEM_BYTES, MAX_PAGES = 256, 8, 16 * 1024, 227 * 1024, 32
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def ring_pages(program: Program) -> int:
+    """NUM_PAGES of common.cuh: the 16 KiB weight pages left beside the activations of `rows` rows."""
+    c, m = program.config, program.rows
+    tile_rows = widest_tile(program)
+    red = max(max(CONSUMERS, CONSUMER_WARPS * tile_rows) * m, 64 + 4 * CONSUMERS)
+    chunk = min(64 if c.head_dim > 64 else 128, CONSUMERS)
+    attn = max(c.gqa_group * chunk, CONSUMERS // (c.head_dim // 2) * c.gqa_group * c.head_dim)
+    off = _align(16 * MAX_PAGES + 64 + 4 * (CONSUMER_WARPS + 1) * m + 64, 16) + 4 * red + 4 * tile_rows * m
+    off = _align(off + 4 * c.gqa_group * c.head_dim + 12 * c.gqa_group, 16)
+    off = _align(off + 4 * attn, 16)
+    off = _align(off + 2 * m * max(c.hidden_size, c.q_size, c.intermediate_size), 1024)
+    return min((SMEM_BYTES - off) // PAGE_BYTES, MAX_PAGES)
 
 
 _POINTERS = ("instructions", "queue_start", "queue", "blob", "smalls", "embed", "final_norm", "cos", "sin",

@@ -67,7 +67,9 @@ def check_block_fits(fn, threads: int, model: str) -> None:
 class MonoKernel:
     def __init__(self, program: Program, schedule: Schedule, packed: PackedModel, cache: KVCache,
                  cos: torch.Tensor, sin: torch.Tensor, profile: bool = False,
-                 defines: dict[str, int] | None = None):
+                 defines: dict[str, int] | None = None, blob: torch.Tensor | None = None):
+        """`blob`: the packed tiles of another kernel of the same tiling (a verification kernel
+        shares its decode kernel's weights instead of packing a second copy)."""
         from sonic.kernels.cuda import driver
 
         reason = unsupported(program)
@@ -93,7 +95,8 @@ class MonoKernel:
             "instructions": torch.from_numpy(encode_instructions(program.instructions).view(np.uint8)).to(dev),
             "queue_start": torch.from_numpy(starts.view(np.int32)).to(dev),
             "queue": torch.from_numpy(items.view(np.int32)).to(dev),
-            "blob": pack_tiles(packed, program), "smalls": small_weights(packed), "embed": packed.embed,
+            "blob": pack_tiles(packed, program) if blob is None else blob,
+            "smalls": small_weights(packed), "embed": packed.embed,
             "final_norm": packed.final_norm, "cos": cos.contiguous(), "sin": sin.contiguous(),
             "k_cache": cache.k, "v_cache": cache.v,
             "h": torch.zeros(m, c.hidden_size, device=dev),
@@ -194,12 +197,25 @@ class MonoKernel:
         m = self.program.rows
         if len(tokens) != m:
             raise ValueError(f"this kernel runs {m} rows per step, got {len(tokens)} tokens")
+        self.verify(tokens, start)
+        return self.logits.clone()
+
+    def verify(self, tokens: list[int], start: int) -> list[int]:
+        """One epoch of up to `rows` tokens at positions start..: the greedy choice after each (their
+        logits stay in `logits[:len(tokens)]` until the next launch). Missing rows repeat the last
+        token at its position, so they write the same K/V bits there and nothing past it."""
+        m, rows = len(tokens), self.program.rows
+        if not 1 <= m <= rows:
+            raise ValueError(f"this kernel verifies 1 to {rows} tokens, got {m}")
+        pad = rows - m
         dev = self.buffers["token"].device
-        self.buffers["token"].copy_(torch.tensor(tokens, dtype=torch.int32, device=dev))
-        self.buffers["pos"].copy_(torch.arange(start, start + m, dtype=torch.int32, device=dev))
+        ids = torch.tensor(list(tokens) + [tokens[-1]] * pad, dtype=torch.int32)
+        pos = torch.tensor(list(range(start, start + m)) + [start + m - 1] * pad, dtype=torch.int32)
+        self.buffers["token"].copy_(ids.to(dev, non_blocking=True))
+        self.buffers["pos"].copy_(pos.to(dev, non_blocking=True))
         self._launch(1)
         self._finish()
-        return self.logits.clone()
+        return [int(t) for t in self.out_tokens[:m]]
 
     def decode(self, token: int, position: int, n: int, stop_at_eos: bool = False,
                sampling: SamplingParams = SamplingParams(), seed: int = 0, step: int = 0) -> Iterator[int]:

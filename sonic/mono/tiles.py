@@ -54,6 +54,12 @@ def tile_shape(config: ModelConfig, ins: Instruction) -> tuple[int, int] | None:
     return None
 
 
+def widest_tile(program) -> int:
+    """Rows of the program's widest weight tile (1 when it streams none)."""
+    shapes = (tile_shape(program.config, ins) for ins in program.instructions)
+    return max([shape[0] for shape in shapes if shape is not None], default=1)
+
+
 def tile_matrix(packed: PackedModel, config: ModelConfig, ins: Instruction) -> torch.Tensor:
     """The instruction's weight tile [rows, K], gathered from the packed model's matrices."""
     rows = slice(ins.tile_begin, ins.tile_end)

@@ -209,3 +209,73 @@ def test_a_block_too_big_for_an_sm_is_a_clear_error(monkeypatch):
         check_block_fits(None, 288, "llama-3.2-1b")
     monkeypatch.setattr(driver, "block_limits", lambda fn: (288, 168))
     check_block_fits(None, 288, "llama-3.2-1b")
+
+
+def _layout_probe(program, pages: int) -> str:
+    """The generated header and common.cuh (where NUM_PAGES is computed), asserting `pages`."""
+    from sonic.mono.kernel import CSRC
+    header = generate_header(program).replace("#pragma once\n", "")
+    return "\n".join([header, (CSRC / "ptx.cuh").read_text(), (CSRC / "common.cuh").read_text(),
+                      f'static_assert(NUM_PAGES == {pages}, "ring_pages");\n'])
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name,rows", [("llama-3.2-1b", 1), ("llama-3.2-1b", 4), ("llama-3.1-8b", 3),
+                                       ("tiny-qwen2", 8)])
+def test_ring_pages_mirror_the_kernels_layout(name, rows):
+    from sonic.mono.kernel import ring_pages
+    config = tiny("qwen2") if name.startswith("tiny") else get_preset(name)
+    program = build_program(config, default_tiling(config), rows=rows)
+    pages = ring_pages(program)
+    build._nvcc(_layout_probe(program, pages), "probe.cubin", ["-w"], build.ARCH)
+    with pytest.raises(build.BuildError, match="ring_pages"):
+        build._nvcc(_layout_probe(program, pages + 1), "probe.cubin", ["-w"], build.ARCH)
+
+
+def test_verification_builds_keep_the_decode_tiles_and_pages_for_the_ring():
+    from sonic.mono.kernel import ring_pages
+    from sonic.mono.runner import MIN_VERIFY_PAGES, VERIFY_ROWS, verify_rows
+    rows = {}
+    for name in ("llama-3.2-1b", "llama-3.1-8b", "qwen3-1.7b", "smollm2-135m"):
+        config = get_preset(name)
+        decode = build_program(config, default_tiling(config))
+        rows[name] = verify_rows(decode)
+        if rows[name]:
+            wide = build_program(config, decode.tiling, rows=rows[name])
+            assert wide.tiling == decode.tiling and ring_pages(wide) >= MIN_VERIFY_PAGES
+    # qwen3-1.7b's q/k norm in attention (heads in parts) runs one row: it verifies elsewhere.
+    assert rows == {"llama-3.2-1b": VERIFY_ROWS, "llama-3.1-8b": VERIFY_ROWS, "qwen3-1.7b": 0,
+                    "smollm2-135m": VERIFY_ROWS}
+    assert ring_pages(build_program(get_preset("llama-3.1-8b"), Tiling(), rows=8)) < MIN_VERIFY_PAGES
+
+
+def _fake_verifier(rows: int, out: list[int]):
+    import numpy as np
+    from sonic.mono.launcher import MonoKernel
+    k = object.__new__(MonoKernel)
+    k.program = build_program(tiny("llama3"), Tiling(), rows=rows)
+    k.buffers = {"token": torch.zeros(rows, dtype=torch.int32), "pos": torch.zeros(rows, dtype=torch.int32)}
+    k.out_tokens = np.array(out, dtype=np.int32)
+    k.launches = []
+    k._launch = lambda n: k.launches.append((k.buffers["token"].tolist(), k.buffers["pos"].tolist()))
+    k._finish = lambda: 1
+    return k
+
+
+def test_a_short_verification_repeats_its_last_token_at_its_position():
+    k = _fake_verifier(4, [7, 8, 9, 9])
+    assert k.verify([5, 6], 10) == [7, 8]
+    assert k.launches == [([5, 6, 6, 6], [10, 11, 11, 11])]  # nothing written past position 11
+    for bad in ([], [1, 2, 3, 4, 5]):
+        with pytest.raises(ValueError, match="verifies 1 to 4 tokens"):
+            k.verify(bad, 0)
+
+
+def test_more_tokens_than_rows_verify_in_near_equal_epochs_in_order():
+    from sonic.mono.runner import MonoRunner
+    runner = object.__new__(MonoRunner)
+    runner.kernel, runner.verifier, runner._verify_limit = _fake_verifier(1, [1]), _fake_verifier(3, [1, 2, 3]), 3
+    assert runner.verify_argmax([10, 11, 12, 13, 14, 15, 16], 20) == [1, 2, 3, 1, 2, 1, 2]
+    assert runner.verifier.launches == [([10, 11, 12], [20, 21, 22]), ([13, 14, 14], [23, 24, 24]),
+                                        ([15, 16, 16], [25, 26, 26])]
+    assert runner.verify_argmax([9], 5) == [1] and runner.kernel.launches == [([9], [5])]  # the decode kernel

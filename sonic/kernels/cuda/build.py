@@ -5,6 +5,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -66,6 +67,8 @@ def compile_cubin(source: str, arch: str = ARCH) -> bytes:
     target = cache_dir() / f"{key.hexdigest()[:24]}.cubin"
     if target.exists():
         return target.read_bytes()
+    # A minute or so for the monokernel: say why the first use waits (later ones load the cache).
+    print(f"building CUDA kernels for {arch} (once; cached in {target.parent})", file=sys.stderr, flush=True)
     data = _nvcc(source, "kernels.cubin", [], arch)[0]
     part = target.with_suffix(f".{os.getpid()}.part")
     part.write_bytes(data)

@@ -49,11 +49,14 @@ constexpr int OFF_EMPTY = OFF_FULL + 8 * MAX_PAGES;                    // uint64
 constexpr int OFF_FLAGS = OFF_EMPTY + 8 * MAX_PAGES;                   // go, exit, consumed, ...
 constexpr int OFF_STAT = OFF_FLAGS + 64;                               // float [CONSUMER_WARPS][ROWS] + ROWS
 constexpr int MAX_TILE_ROWS = 256;                                     // kernel.py checks every tile
-constexpr int RED_FLOATS = cmax(CONSUMERS, CONSUMER_WARPS * MAX_TILE_ROWS) * ROWS;
+static_assert(TILE_ROWS <= MAX_TILE_ROWS, "the program's widest tile is wider than the kernel handles");
+// Sized for the program's widest tile (TILE_ROWS), and at least the token choice's survivors
+// (sample.cuh), so that verification rows leave pages for the ring (kernel.ring_pages mirrors this).
+constexpr int RED_FLOATS = cmax(cmax(CONSUMERS, CONSUMER_WARPS * TILE_ROWS) * ROWS, 64 + 4 * CONSUMERS);
 constexpr int OFF_RED = align_up(OFF_STAT + 4 * (CONSUMER_WARPS + 1) * ROWS + 64, 16);  // matvec partial sums
-constexpr int OFF_Y = OFF_RED + 4 * RED_FLOATS;                        // float [MAX_TILE_ROWS][ROWS]: tile outputs
+constexpr int OFF_Y = OFF_RED + 4 * RED_FLOATS;                        // float [TILE_ROWS][ROWS]: tile outputs
 constexpr int ATTN_FLOATS = cmax(GQA_GROUP * ATTN_CHUNK, KEY_LANES * GQA_GROUP * HEAD_DIM);
-constexpr int OFF_ATTN_Q = OFF_Y + 4 * MAX_TILE_ROWS * ROWS;           // float [GQA][HEAD_DIM]
+constexpr int OFF_ATTN_Q = OFF_Y + 4 * TILE_ROWS * ROWS;               // float [GQA][HEAD_DIM]
 constexpr int OFF_ATTN_RUN = OFF_ATTN_Q + 4 * GQA_GROUP * HEAD_DIM;    // float [3][GQA]: max, sum, rescale
 constexpr int OFF_ATTN = align_up(OFF_ATTN_RUN + 4 * 3 * GQA_GROUP, 16);  // scores, then value partials
 constexpr int OFF_X = align_up(OFF_ATTN + 4 * ATTN_FLOATS, 16);        // bf16 [ROWS][X_COLS]: matvec inputs
