@@ -44,6 +44,7 @@ def load_config(model: str) -> ModelConfig:
 def run(args) -> int:
     from sonic.mono.builder import build_program
     from sonic.mono.codegen import generate_header, header_hash
+    from sonic.mono.kernel import ring_pages
     from sonic.mono.schedule import list_schedule
     from sonic.mono.simulate import simulate
     from sonic.mono.validate import check_hazards, validate
@@ -70,6 +71,10 @@ def run(args) -> int:
     print("  " + ", ".join(f"{name} {n}" for name, n in ops.items()))
     print(f"  {args.sms} SMs: {schedule.makespan_us:.1f} us per token by the cost model "
           f"({1e6 / schedule.makespan_us:.0f} tok/s)")
+    pages = ring_pages(program)
+    fits = "" if pages >= 2 else " (the kernel needs 2: use fewer --rows)"
+    print(f"  shared memory: {max(pages, 0)} weight pages of 16 KiB beside the activations of {args.rows} "
+          f"row{'s' if args.rows > 1 else ''}{fits}")
     if args.header:
         args.header.write_text(generate_header(program))
         print(f"  header {args.header} ({header_hash(program)})")

@@ -23,7 +23,10 @@ def test_a_config_file_is_built_validated_simulated_and_written(tmp_path, capsys
 
 def test_a_preset_with_many_layers_is_validated(capsys):
     assert main(["--model", "smollm2-135m"]) == 0
-    assert "smollm2-135m: 6326 instructions" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "smollm2-135m: 6326 instructions" in out and "13 weight pages of 16 KiB beside the activations of 1 row\n" in out
+    assert main(["--model", "llama-3.1-8b", "--rows", "8"]) == 0
+    assert "0 weight pages of 16 KiB beside the activations of 8 rows (the kernel needs 2" in capsys.readouterr().out
 
 
 def test_bad_input_is_one_line(capsys, tmp_path):
