@@ -2,11 +2,11 @@
 
 Prefill comes from the graph runner on the same weights and KV cache; decode steps run in the
 monokernel, every token of a request in one launch, tokens streaming to the host as they are chosen.
-Verification (speculative decoding) runs in a second build of the same program with several query
-rows (`verify_rows`), which computes each row as the decode kernel does; where no such build fits
-(q/k norm in attention needs one row) it comes from the graph runner. The kernel draws greedy and sampled tokens (temperature,
-top-k up to MAX_TOP_K, top-p among those) from the same random stream as the graph runner; top-p
-without top-k, or a larger top-k, decodes on the graph runner.
+Speculative drafts are verified in a build of the same program with several query rows
+(`verify_rows`), which computes each row as the decode kernel does; where no such build fits (q/k
+norm in attention runs one row) they are verified on the graph runner. The kernel draws greedy and
+sampled tokens (temperature, top-k up to MAX_TOP_K, top-p among those) from the same random stream
+as the graph runner; top-p without top-k, or a larger top-k, decodes on the graph runner.
 """
 from __future__ import annotations
 
