@@ -29,7 +29,7 @@ if [ "${TESTS:-}" != none ]; then
   echo "== correctness"
   # The kernels' option grids are covered on CPU; on the GPU, the bf16 cases and row identity.
   default=(tests/engine tests/spec tests/kernels/test_decode_attention.py tests/kernels/test_matvec.py
-           tests/kernels/test_cuda_matvec.py tests/mono/test_mono_gpu.py
+           tests/kernels/test_cuda_matvec.py tests/mono/test_mono_gpu.py tests/mono/test_mono_verify_gpu.py
            -k "not every_option and not several_blocks")
   if [ -n "${TESTS:-}" ]; then read -ra default <<< "$TESTS"; fi
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -rf -p no:cacheprovider "${default[@]}" > "$OUT/pytest.log" 2>&1
