@@ -191,3 +191,21 @@ def test_the_guard_catches_an_undeclared_access(monkeypatch, op, buffer, message
     vm, first = prefilled_vm(model, TILINGS["direct"], prompt, 4, guard=True, eos=())
     with pytest.raises(AssertionError, match=message):
         vm.decode(first, len(prompt), 2)
+
+
+def test_a_short_verification_padded_with_its_last_token_gives_the_same_rows():
+    """The CUDA runner pads a batch of m < rows tokens by repeating the last token at its position:
+    in the interpreter (access-checked) the real rows are the unpadded ones, the padding a copy."""
+    model = tiny_model("llama3")
+    prompt = prompt_for(model.config, n=6)
+    drafts = prompt_for(model.config, n=2, seed=9)
+    two, _ = prefilled_vm(model, TILINGS["split-k"], prompt, 4, rows=2, eos=())
+    want = two.verify(drafts, len(prompt))
+    four, _ = prefilled_vm(model, TILINGS["split-k"], prompt, 4, rows=4, guard=True, eos=())
+    at = len(prompt)
+    four.token.copy_(torch.tensor(drafts + [drafts[-1]] * 2))
+    four.pos.copy_(torch.tensor([at, at + 1, at + 1, at + 1]))
+    four.run(1)
+    got = four.logits_history[-1]
+    assert rel_err(got[:2], want) < 1e-5 and torch.equal(got[:2].argmax(-1), want.argmax(-1))
+    assert torch.equal(got[2], got[1]) and torch.equal(got[3], got[1])
