@@ -209,10 +209,9 @@ class MonoKernel:
             raise ValueError(f"this kernel verifies 1 to {rows} tokens, got {m}")
         pad = rows - m
         dev = self.buffers["token"].device
-        ids = torch.tensor(list(tokens) + [tokens[-1]] * pad, dtype=torch.int32)
-        pos = torch.tensor(list(range(start, start + m)) + [start + m - 1] * pad, dtype=torch.int32)
-        self.buffers["token"].copy_(ids.to(dev, non_blocking=True))
-        self.buffers["pos"].copy_(pos.to(dev, non_blocking=True))
+        self.buffers["token"].copy_(torch.tensor(list(tokens) + [tokens[-1]] * pad, dtype=torch.int32, device=dev))
+        self.buffers["pos"].copy_(torch.tensor(list(range(start, start + m)) + [start + m - 1] * pad,
+                                               dtype=torch.int32, device=dev))
         self._launch(1)
         self._finish()
         return [int(t) for t in self.out_tokens[:m]]

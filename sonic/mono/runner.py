@@ -16,7 +16,7 @@ import torch
 
 from sonic.engine.runner_graph import GraphRunner
 from sonic.engine.sampling import SamplingParams, sample, seed_of
-from sonic.mono.builder import MAX_ROWS, build_program, shapes_of
+from sonic.mono.builder import build_program, shapes_of
 from sonic.mono.instructions import Tiling
 from sonic.mono.schedule import list_schedule
 
@@ -48,7 +48,7 @@ def verify_rows(program) -> int:
     the decode kernel computes it); 0 when none fits."""
     from sonic.mono.kernel import ring_pages
     best = 0
-    for rows in range(2, min(VERIFY_ROWS, MAX_ROWS) + 1):
+    for rows in range(2, VERIFY_ROWS + 1):
         wide = build_program(program.config, program.tiling, rows=rows)
         if wide.tiling != program.tiling or ring_pages(wide) < MIN_VERIFY_PAGES:
             break
