@@ -69,7 +69,7 @@ class MonoRunner(GraphRunner):
         program = build_program(c, tiling, rows=1, shapes=shapes_of(self.packed))
         self.kernel = MonoKernel(program, list_schedule(program, num_sms), self.packed, self.cache,
                                  self.cos, self.sin)
-        self.verifier: MonoKernel | None = None  # the verification build, made at first use
+        self.verifiers: dict[int, MonoKernel] = {}  # verification builds by rows, made at first use
         self._verify_limit: int | None = None
 
     def in_kernel(self, sampling: SamplingParams) -> bool:
@@ -120,21 +120,20 @@ class MonoRunner(GraphRunner):
         return self._verify_limit
 
     def _verifier(self, rows: int):
-        """The kernel that verifies `rows` tokens in one epoch: the decode kernel for one, else the
-        build of the same program with `verify_limit()` rows, built at first use (it shares the packed
-        weights; fewer tokens repeat the last). One epoch on llama-3.2-1b (H200): the decode kernel
-        0.98 ms, the four-row build 1.40-1.57 ms; builds of two and three rows took 1.05 and 1.18 ms,
-        so a build per row count would make short drafts cheaper."""
+        """The kernel that verifies `rows` tokens in one epoch: the decode kernel for one, else a build
+        of the same program with that many rows, built at first use (sharing the packed weights and
+        the KV cache). A build per row count, since wider builds cost more: one epoch on llama-3.2-1b
+        (H200) took 0.98 ms on the decode kernel, 1.05, 1.18 and 1.40-1.57 ms on builds of two, three
+        and four rows."""
         if rows == 1:
             return self.kernel
-        if self.verifier is None:
+        if rows not in self.verifiers:
             from sonic.mono.launcher import MonoKernel
             decode = self.kernel
-            program = build_program(self.config, decode.program.tiling, rows=self.verify_limit(),
-                                    shapes=shapes_of(self.packed))
-            self.verifier = MonoKernel(program, list_schedule(program, decode.schedule.num_sms), self.packed,
-                                       self.cache, self.cos, self.sin, blob=decode.buffers["blob"])
-        return self.verifier
+            program = build_program(self.config, decode.program.tiling, rows=rows, shapes=shapes_of(self.packed))
+            self.verifiers[rows] = MonoKernel(program, list_schedule(program, decode.schedule.num_sms), self.packed,
+                                              self.cache, self.cos, self.sin, blob=decode.buffers["blob"])
+        return self.verifiers[rows]
 
     def _epochs(self, tokens: list[int], start: int):
         """(kernel, tokens, start) of each verification epoch: as few as the widest build allows,

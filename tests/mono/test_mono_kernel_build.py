@@ -274,8 +274,10 @@ def test_a_short_verification_repeats_its_last_token_at_its_position():
 def test_more_tokens_than_rows_verify_in_near_equal_epochs_in_order():
     from sonic.mono.runner import MonoRunner
     runner = object.__new__(MonoRunner)
-    runner.kernel, runner.verifier, runner._verify_limit = _fake_verifier(1, [1]), _fake_verifier(3, [1, 2, 3]), 3
-    assert runner.verify_argmax([10, 11, 12, 13, 14, 15, 16], 20) == [1, 2, 3, 1, 2, 1, 2]
-    assert runner.verifier.launches == [([10, 11, 12], [20, 21, 22]), ([13, 14, 14], [23, 24, 24]),
-                                        ([15, 16, 16], [25, 26, 26])]
+    runner.kernel, runner._verify_limit = _fake_verifier(1, [1]), 3
+    runner.verifiers = {3: _fake_verifier(3, [1, 2, 3]), 2: _fake_verifier(2, [4, 5])}
+    assert runner.verify_argmax([10, 11, 12, 13, 14, 15, 16], 20) == [1, 2, 3, 4, 5, 4, 5]
+    # seven tokens in three epochs of 3, 2 and 2, each on the build of its own row count (no padding)
+    assert runner.verifiers[3].launches == [([10, 11, 12], [20, 21, 22])]
+    assert runner.verifiers[2].launches == [([13, 14], [23, 24]), ([15, 16], [25, 26])]
     assert runner.verify_argmax([9], 5) == [1] and runner.kernel.launches == [([9], [5])]  # the decode kernel
