@@ -130,9 +130,11 @@ class MonoRunner(GraphRunner):
         if rows not in self.verifiers:
             from sonic.mono.launcher import MonoKernel
             decode = self.kernel
-            program = build_program(self.config, decode.program.tiling, rows=rows, shapes=shapes_of(self.packed))
-            self.verifiers[rows] = MonoKernel(program, list_schedule(program, decode.schedule.num_sms), self.packed,
-                                              self.cache, self.cos, self.sin, blob=decode.buffers["blob"])
+            program = build_program(self.config, decode.program.tiling, rows=rows,
+                                    shapes=shapes_of(self.packed))
+            self.verifiers[rows] = MonoKernel(program, list_schedule(program, decode.schedule.num_sms),
+                                              self.packed, self.cache, self.cos, self.sin,
+                                              blob=decode.buffers["blob"])
         return self.verifiers[rows]
 
     def _epochs(self, tokens: list[int], start: int):
