@@ -2,8 +2,8 @@
 
 Prefill comes from the graph runner on the same weights and KV cache; decode steps run in the
 monokernel, every token of a request in one launch, tokens streaming to the host as they are chosen.
-Speculative drafts are verified in a build of the same program with several query rows
-(`verify_rows`), which computes each row as the decode kernel does; where no such build fits (q/k
+Speculative drafts are verified in builds of the same program with two to `verify_rows` query
+rows, which compute each row as the decode kernel does; where no such build fits (q/k
 norm in attention runs one row) they are verified on the graph runner. The kernel draws greedy and
 sampled tokens (temperature, top-k up to MAX_TOP_K, top-p among those) from the same random stream
 as the graph runner; top-p without top-k, or a larger top-k, decodes on the graph runner.
@@ -43,7 +43,7 @@ VERIFY_ROWS = 4       # past four rows the kernel spills (llama-3.2-1b: 0.4 KB a
 
 
 def verify_rows(program) -> int:
-    """Query rows of the verification build for the decode `program`: the most (up to VERIFY_ROWS)
+    """Query rows of the widest verification build for the decode `program`: the most (up to VERIFY_ROWS)
     whose activations leave MIN_VERIFY_PAGES pages, with the same tiles (so each row is computed as
     the decode kernel computes it); 0 when none fits."""
     from sonic.mono.kernel import ring_pages
