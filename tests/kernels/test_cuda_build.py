@@ -3,6 +3,7 @@ kernel per flag set; and the pieces of the launcher that do not need a GPU."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import re
 import shutil
 
@@ -46,7 +47,11 @@ def test_cubins_are_cached_by_source(tmp_path, monkeypatch):
 def test_flags_name_every_kernel_apart():
     names = {f.name for f in cmv.STANDARD}
     assert len(names) == len(cmv.STANDARD)
-    assert all(re.fullmatch(r"tcmv_[01]{11}", n) for n in names)
+    assert all(re.fullmatch(r"tcmv_[01]{12}", n) for n in names)
+    # Every normalising kernel also comes wide (more rows' inputs in flight), for verification.
+    narrow = {f for f in cmv.STANDARD if f.norm and not f.wide}
+    assert {dataclasses.replace(f, wide=True) for f in narrow} == {f for f in cmv.STANDARD if f.wide}
+    assert "8, true" in cmv.Flags(norm=True, wide=True).source() and "4, true" in cmv.Flags(norm=True).source()
     assert cmv.Flags(norm=True).smem(16, 2048) == 16 * 2056 * 2 and cmv.Flags().smem(16, 2048) == 0
 
 

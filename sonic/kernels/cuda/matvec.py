@@ -39,6 +39,10 @@ class Flags:
     res_f32: bool = False
     out_f32: bool = False
     x_early: bool = True  # without the norm: inputs loaded with the weights (short K) or where used (long K)
+    # With the norm, more than NARROW_ROWS rows: eight rows' inputs in flight at once, not four. It needs
+    # more registers (one block per SM, not two), so one-token steps keep the narrow kernel; a row's
+    # arithmetic is the same in both.
+    wide: bool = False
 
     @property
     def name(self) -> str:
@@ -48,20 +52,25 @@ class Flags:
         return m * (k + 8) * 2 if self.norm else 0
 
     def source(self) -> str:
-        *flags, early = ("true" if f else "false" for f in astuple(self))
-        return (f'extern "C" __global__ void __launch_bounds__({WARPS * 32}) {self.name}(TcParams p) '
-                f"{{ tcmv::run<{WARPS}, {early}, {', '.join(flags)}>(p); }}\n")
+        *flags, early, wide = ("true" if f else "false" for f in astuple(self))
+        group = 8 if self.wide else 4
+        bounds = f"{WARPS * 32}, 1" if self.wide else f"{WARPS * 32}"  # wide: registers over occupancy
+        return (f'extern "C" __global__ void __launch_bounds__({bounds}) {self.name}(TcParams p) '
+                f"{{ tcmv::run<{WARPS}, {early}, {group}, {', '.join(flags)}>(p); }}\n")
 
 
+NARROW_ROWS = 4
 # What the graph runner launches (qkv of layer 0 and after, with and without bias; O of layer 0 and
-# after; gate/up; down; LM head with and without argmax): built together in one nvcc run.
+# after; gate/up; down; LM head with and without argmax; the normalising ones also wide, for
+# verification): built together in one nvcc run.
+_NORMED = (dict(norm=True, x_gather=True), dict(norm=True, x_gather=True, bias=True),
+           dict(norm=True, x_f32=True), dict(norm=True, x_f32=True, bias=True),
+           dict(norm=True, silu=True, x_f32=True), dict(norm=True, x_f32=True, argmax=True, out_f32=True),
+           dict(norm=True, x_f32=True, out_f32=True))
 STANDARD = tuple(Flags(**kw) for kw in (
-    dict(norm=True, x_gather=True), dict(norm=True, x_gather=True, bias=True),
-    dict(norm=True, x_f32=True), dict(norm=True, x_f32=True, bias=True),
+    *_NORMED, *(kw | dict(wide=True) for kw in _NORMED),
     dict(res=True, res_gather=True, out_f32=True), dict(res=True, res_f32=True, out_f32=True),
-    dict(res=True, res_f32=True, out_f32=True, x_early=False),
-    dict(norm=True, silu=True, x_f32=True), dict(norm=True, x_f32=True, argmax=True, out_f32=True),
-    dict(norm=True, x_f32=True, out_f32=True)))
+    dict(res=True, res_f32=True, out_f32=True, x_early=False)))
 
 
 def kernels_source(flags=STANDARD) -> str:
@@ -155,7 +164,8 @@ def matvec(x, w, out, *, norm_weight=None, eps=1e-6, bias=None, residual=None, s
                   argmax=argmax_partials is not None, x_gather=x_gather,
                   res_gather=index is not None and not x_gather, x_f32=x.dtype == torch.float32,
                   res_f32=residual is not None and residual.dtype == torch.float32,
-                  out_f32=out.dtype == torch.float32, x_early=norm_weight is not None or k <= X_EARLY_MAX_K)
+                  out_f32=out.dtype == torch.float32, x_early=norm_weight is not None or k <= X_EARLY_MAX_K,
+                  wide=norm_weight is not None and m > NARROW_ROWS)
     dev = w.device.index if w.device.index is not None else torch.cuda.current_device()
     kernels = _kernels.setdefault(dev, _Kernels(dev))
     smem = flags.smem(m, k)

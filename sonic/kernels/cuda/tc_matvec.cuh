@@ -57,7 +57,7 @@ __device__ __forceinline__ void mma_chunk(float (&d)[4], const uint4& ra, const 
   mma(d, ra.z, rb.z, ra.w, rb.w, xv.z, xv.w);
 }
 
-template <int WARPS, bool X_EARLY, bool NORM, bool BIAS, bool RES, bool SILU, bool ARGMAX, bool XGATHER, bool RESGATHER,
+template <int WARPS, bool X_EARLY, int NORM_GROUP, bool NORM, bool BIAS, bool RES, bool SILU, bool ARGMAX, bool XGATHER, bool RESGATHER,
           bool X_F32, bool RES_F32, bool OUT_F32>
 __device__ __forceinline__ void run(const TcParams& p) {
   // Each warp loads a stage of U chunks at once into registers, then uses it: many independent
@@ -132,16 +132,17 @@ __device__ __forceinline__ void run(const TcParams& p) {
         v[0] = bf(h.x & 0xffff); v[1] = bf(h.x >> 16); v[2] = bf(h.y & 0xffff); v[3] = bf(h.y >> 16);
       }
     };
-    // Rows in groups of four, so that a group's loads are in flight together.
-    for (int m0 = 0; m0 < M; m0 += 4) {
-      long long row[4];
-      float ss[4] = {0.f, 0.f, 0.f, 0.f};
+    // Rows in groups of NORM_GROUP, so that a group's loads are in flight together (one round trip
+    // per group and pass; the second pass mostly hits L1).
+    for (int m0 = 0; m0 < M; m0 += NORM_GROUP) {
+      long long row[NORM_GROUP];
+      float ss[NORM_GROUP] = {};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) row[i] = m0 + i < M ? (XGATHER ? p.index[m0 + i] : m0 + i) : 0;
+      for (int i = 0; i < NORM_GROUP; ++i) row[i] = m0 + i < M ? (XGATHER ? p.index[m0 + i] : m0 + i) : 0;
 #pragma unroll 2
       for (int k = tid * 4; k < K; k += WARPS * 128) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < NORM_GROUP; ++i) {
           if (m0 + i < M) {
             float v[4];
             load4(row[i], k, v);
@@ -151,7 +152,7 @@ __device__ __forceinline__ void run(const TcParams& p) {
         }
       }
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
+      for (int i = 0; i < NORM_GROUP; ++i) {
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) ss[i] += __shfl_xor_sync(0xffffffffu, ss[i], o);
         if (lane == 0 && m0 + i < M) part[warp][m0 + i] = ss[i];
@@ -165,16 +166,16 @@ __device__ __forceinline__ void run(const TcParams& p) {
       rstd_s[tid] = rsqrtf(tot / K + p.eps);
     }
     __syncthreads();
-    for (int m0 = 0; m0 < M; m0 += 4) {
-      long long row[4];
+    for (int m0 = 0; m0 < M; m0 += NORM_GROUP) {
+      long long row[NORM_GROUP];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) row[i] = m0 + i < M ? (XGATHER ? p.index[m0 + i] : m0 + i) : 0;
+      for (int i = 0; i < NORM_GROUP; ++i) row[i] = m0 + i < M ? (XGATHER ? p.index[m0 + i] : m0 + i) : 0;
 #pragma unroll 2
       for (int k = tid * 4; k < K; k += WARPS * 128) {
         const uint2 nwv = *reinterpret_cast<const uint2*>(p.nw + k);
         const float nwf[4] = {bf(nwv.x & 0xffff), bf(nwv.x >> 16), bf(nwv.y & 0xffff), bf(nwv.y >> 16)};
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < NORM_GROUP; ++i) {
           if (m0 + i < M) {
             float v[4];
             load4(row[i], k, v);
