@@ -54,8 +54,8 @@ def add_spec_args(p: argparse.ArgumentParser, mode: bool = True):
                        help="speculative decoding: ngram (prompt lookup) or draft (--draft-model) draft "
                             "--spec-max-tokens tokens every step; auto adapts the depth and turns itself off "
                             "where it does not pay (default: off)")
-    p.add_argument("--spec-max-tokens", type=int, default=8, metavar="K",
-                   help="most tokens drafted per step, 1 to 15 (default: 8)")
+    p.add_argument("--spec-max-tokens", type=int, default=None, metavar="K",
+                   help="most tokens drafted per step, 1 to 15 (default: 8; 15 with auto)")
     p.add_argument("--draft-model", metavar="PATH", default=None,
                    help="a smaller model with the same tokenizer, for --speculative draft or auto")
 
@@ -122,8 +122,8 @@ def build_parser() -> ArgumentParser:
                        help="only this category (repeatable): code-editing, code-generation, extraction, "
                             "grounded, creative")
     tasks.add_argument("--prompts", type=int, default=3, help="prompts per category (default: 3)")
-    tasks.add_argument("--fixed-k", type=int, nargs="+", default=[2, 4, 8], metavar="K",
-                       help="fixed draft depths to compare (default: 2 4 8)")
+    tasks.add_argument("--fixed-k", type=int, nargs="+", default=[2, 4, 8, 15], metavar="K",
+                       help="fixed draft depths to compare (default: 2 4 8 15)")
     add_spec_args(tasks, mode=False)
     add_estimate_parser(sub)
     return parser
@@ -222,6 +222,9 @@ def cmd_bench_tasks(args) -> int:
     from sonic.bench.run import result_path, write_json
     from sonic.bench.tasks import check_tasks, format_tasks, run_tasks
     from sonic.spec.loop import MAX_DRAFT
+    from sonic.spec.speculator import DEFAULT_DEPTH
+    if args.spec_max_tokens is None:  # the depth auto may reach
+        args.spec_max_tokens = DEFAULT_DEPTH["auto"]
     if args.preset is not None:
         raise SonicError("sonic bench --tasks needs a model with a tokenizer: use --model PATH, not --preset")
     if args.prompts < 1 or args.repeats < 1 or args.output_tokens < 1:

@@ -120,6 +120,7 @@ def run_tasks(args) -> dict:
                     "draft_model": args.draft_model, "SONIC_MATVEC": matvec_setting()},
         "verify_cost": list(setups["auto"].policy.costs.verify_steps),
         "draft_cost": setups["auto"].policy.costs.draft_step,
+        "lone_step_cost": setups["auto"].policy.costs.lone_step,
         "results": summarise(runs, list(prompts), list(setups)),
     })
     return report
@@ -130,7 +131,8 @@ def format_tasks(report: dict) -> str:
     lines = [f"{report['model']} on {report['device']} ({report['dtype']}, {report['runner']} runner), commit "
              f"{report['commit']}, proposer {report['proposer']}, greedy, up to {report['options']['max_tokens']} "
              f"tokens",
-             f"verification cost of 1..{len(report['verify_cost'])} tokens in plain steps: {cost}",
+             f"verification cost of 1..{len(report['verify_cost'])} tokens in plain steps: {cost}; "
+             f"a plain step on its own: {report.get('lone_step_cost', 1.0):.2f}",
              f"{'category':<17}{'setting':<8}{'tok/s':>9}{'speed-up':>10}{'accept':>8}{'acc/step':>9}"
              f"{'tokens':>8}  same"]
     for r in report["results"]:

@@ -161,9 +161,10 @@ class GraphRunner(ReferenceRunner):
             self.seed.fill_(seed_of(gen))
             self.step_counter.zero_()
 
-    def _queue(self, graph: torch.cuda.CUDAGraph, n: int) -> Iterator[int]:
+    def _queue(self, graph: torch.cuda.CUDAGraph, n: int, stop=None) -> Iterator[int]:
         """Replay `graph` n times, QUEUE_AHEAD steps ahead of the host. The first replays are queued
-        now; the iterator returned yields each step's token as it lands in the pinned buffer."""
+        now; the iterator returned yields each step's token as it lands in the pinned buffer. `stop`
+        is called after each token is taken: True queues no more, and the queued steps still yield."""
         events = [torch.cuda.Event() for _ in range(QUEUE_AHEAD + 1)]
         slots = len(events)
 
@@ -172,16 +173,23 @@ class GraphRunner(ReferenceRunner):
             self.host_tokens[step % slots].copy_(self.tokens[0], non_blocking=True)
             events[step % slots].record()
 
-        for step in range(min(QUEUE_AHEAD, n)):
+        queued = min(QUEUE_AHEAD, n)
+        for step in range(queued):
             enqueue(step)
 
         def tokens():
-            for step in range(n):
+            nonlocal n, queued
+            step = 0
+            while step < n:
                 events[step % slots].synchronize()
                 token = int(self.host_tokens[step % slots])
-                if step + QUEUE_AHEAD < n:
-                    enqueue(step + QUEUE_AHEAD)
+                if queued < n:
+                    enqueue(queued)
+                    queued += 1
                 yield token
+                step += 1
+                if stop is not None and step < n and stop():
+                    n = queued
         return tokens()
 
     def _drain(self):
@@ -206,17 +214,21 @@ class GraphRunner(ReferenceRunner):
         return self._verify
 
     def decode_steps(self, token: int, position: int, n: int, sampling: SamplingParams,
-                     gen: torch.Generator | None = None) -> Iterator[int]:
+                     gen: torch.Generator | None = None, stop=None) -> Iterator[int]:
         """`n` plain steps of the captured decode graph from `token` at `position`, queued as in
-        `generate`: the speculative loop's stretches without drafts cost what plain decoding costs."""
+        `generate`: the speculative loop's stretches without drafts cost what plain decoding costs.
+        `stop` (see `_queue`) may end the run early, after the steps already queued."""
         self._seed(sampling, gen)
         self.tokens[:1].fill_(token)
         self.positions[:1].fill_(position)
         # Set before a first capture: its warm-up steps then write K/V only at and past `position`,
         # never over the accepted sequence before it.
         graph = self._graph(sampling)
+        done = 0
         try:
-            yield from self._queue(graph, n)
+            for token in self._queue(graph, n, stop):
+                done += 1
+                yield token
         finally:
             self._drain()
-        self.position = position + n
+        self.position = position + done

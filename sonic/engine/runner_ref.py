@@ -54,11 +54,15 @@ class ReferenceRunner:
         yield from self.decode_steps(token, len(prompt_ids), max_tokens - 1, sampling, gen)
 
     def decode_steps(self, token: int, position: int, n: int, sampling: SamplingParams,
-                     gen: torch.Generator | None = None) -> Iterator[int]:
-        """`n` plain decode steps from `token` at `position`, yielding each next token."""
+                     gen: torch.Generator | None = None, stop=None) -> Iterator[int]:
+        """`n` plain decode steps from `token` at `position`, yielding each next token.
+
+        `stop`, if given, is called after each token is taken: True ends the run there."""
         self.position = position
         current = torch.tensor(token, device=self.device)
-        for _ in range(n):
+        for i in range(n):
+            if i and stop is not None and stop():
+                return
             current = sample(self.decode(current)[None], sampling, gen)[0]
             yield int(current)
 

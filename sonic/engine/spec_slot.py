@@ -54,7 +54,8 @@ class SpecSession:
             self.plain_left = self.policy.plain_run() - 1
             return None
         proposal = self.proposer.propose(self.context, k, sampling, gen)
-        draft = proposal.tokens[:k] if proposal is not None else []
+        # Each plain token here is its own step, so a policy that judges drafts looks at every token.
+        draft = proposal.tokens[:self.policy.trim(len(proposal.tokens[:k]), proposal.match)] if proposal else []
         if not draft:
             return None
         q = proposal.probs[:len(draft)] if proposal.probs is not None else None
@@ -63,5 +64,5 @@ class SpecSession:
         self.stats.steps += 1
         self.stats.drafted += len(draft)
         self.stats.accepted += len(new) - 1
-        self.policy.update(len(draft), len(new) - 1)
+        self.policy.update(len(draft), len(new) - 1, proposal.match)
         return new

@@ -217,10 +217,12 @@ class MonoKernel:
         return [int(t) for t in self.out_tokens[:m]]
 
     def decode(self, token: int, position: int, n: int, stop_at_eos: bool = False,
-               sampling: SamplingParams = SamplingParams(), seed: int = 0, step: int = 0) -> Iterator[int]:
+               sampling: SamplingParams = SamplingParams(), seed: int = 0, step: int = 0,
+               stop=None) -> Iterator[int]:
         """The tokens after `token` at `position`, `n` of them, from one launch: greedy, or drawn with
         `sampling` from stream `seed` (engine/gumbel.py), the first of them at step `step`. With
-        `stop_at_eos` the launch ends after the model's first EOS token."""
+        `stop_at_eos` the launch ends after the model's first EOS token. `stop`, if given, is called
+        after each token is taken: True ends the launch after the token in flight, which still yields."""
         if self.program.rows != 1:
             raise ValueError("decode runs a one-row kernel")
         if not samples_in_kernel(sampling, self.program.config.vocab_size):
@@ -238,6 +240,8 @@ class MonoKernel:
                     landed = self._finish()
                 for i in range(seen, landed):
                     yield int(self.out_tokens[i])
+                    if stop is not None and not self.host_stop[0] and stop():
+                        self.host_stop[0] = 1
                 seen = landed
                 if finished:
                     return

@@ -90,13 +90,16 @@ class MonoRunner(GraphRunner):
             yield from self.kernel.decode(first, len(prompt_ids), max_tokens - 1, sampling=sampling, seed=seed)
 
     def decode_steps(self, token: int, position: int, n: int, sampling: SamplingParams,
-                     gen: torch.Generator | None = None) -> Iterator[int]:
+                     gen: torch.Generator | None = None, stop=None) -> Iterator[int]:
         if not self.in_kernel(sampling):
-            yield from super().decode_steps(token, position, n, sampling, gen)
+            yield from super().decode_steps(token, position, n, sampling, gen, stop)
             return
         seed = 0 if sampling.greedy else seed_of(gen or sampling.generator(self.device))
-        yield from self.kernel.decode(token, position, n, sampling=sampling, seed=seed)
-        self.position = position + n
+        done = 0
+        for token in self.kernel.decode(token, position, n, sampling=sampling, seed=seed, stop=stop):
+            done += 1
+            yield token
+        self.position = position + done
 
     def profile(self, prompt_ids: list[int], max_tokens: int) -> dict:
         """Per-instruction-type times of one greedy run, from a profiling build of the same program."""

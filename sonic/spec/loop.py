@@ -62,10 +62,16 @@ def speculative_generate(runner, proposer, policy, prompt_ids: list[int], max_to
     stats = stats if stats is not None else SpecStats()
     runner.reserve(len(prompt_ids) + max_tokens)
     gen = None if sampling.greedy else sampling.generator(runner.device)
-    token = int(sample(runner.prefill(prompt_ids)[None], sampling, gen)[0])
+    first = sample(runner.prefill(prompt_ids)[None], sampling, gen)
+    # A proposer that works on the host (prompt lookup) indexes the prompt while the GPU prefills; a
+    # draft model starts after the first token, so that its own prefill never delays it.
+    on_host = getattr(proposer, "starts_on_host", False)
+    if on_host:
+        proposer.start(prompt_ids, len(prompt_ids) + max_tokens)
+    token = int(first[0])
     yield token
-    # After the first token, so that a draft model's prefill never delays it.
-    proposer.start(prompt_ids, len(prompt_ids) + max_tokens)
+    if not on_host:
+        proposer.start(prompt_ids, len(prompt_ids) + max_tokens)
     policy.start()
     context = list(prompt_ids) + [token]
     emitted = 1
@@ -76,19 +82,21 @@ def speculative_generate(runner, proposer, policy, prompt_ids: list[int], max_to
         # max_tokens, nor past the context (prompt + max_tokens fits, as plain decoding needs).
         k = min(policy.depth(), remaining - 1, MAX_DRAFT)
         proposal = proposer.propose(context, k, sampling, gen) if k > 0 else None
-        draft = proposal.tokens[:k] if proposal is not None else []
+        draft = proposal.tokens[:policy.trim(len(proposal.tokens[:k]), proposal.match)] if proposal else []
         if draft:
             q = proposal.probs[:len(draft)] if proposal.probs is not None else None
             new = verify_draft(runner, context[-1], pos, draft, q, sampling, gen)
             stats.steps += 1
             stats.drafted += len(draft)
             stats.accepted += len(new) - 1
-            policy.update(len(draft), len(new) - 1)
+            policy.update(len(draft), len(new) - 1, proposal.match)
             steps = (t for t in new)
         else:
             # No draft: plain steps, queued on the fast path (one, if a draft may come at the next token).
-            n = min(remaining, policy.plain_run() if k == 0 else 1)
-            steps = runner.decode_steps(context[-1], pos, n, sampling, gen)
+            # A policy that watches plain runs ends one as soon as a lookup is worth verifying.
+            n = min(remaining, policy.plain_run() if k == 0 or policy.watches_plain else 1)
+            stop = (lambda: worth_drafting(proposer, policy, context, sampling, gen)) if policy.watches_plain else None
+            steps = runner.decode_steps(context[-1], pos, n, sampling, gen, stop=stop)
         with closing(steps):
             for token in steps:
                 context.append(token)
@@ -96,3 +104,9 @@ def speculative_generate(runner, proposer, policy, prompt_ids: list[int], max_to
                 emitted += 1
                 if token in stop_ids:
                     break
+
+
+def worth_drafting(proposer, policy, context: list[int], sampling: SamplingParams, gen) -> bool:
+    """Whether the policy would verify what the proposer drafts after `context` now."""
+    proposal = proposer.propose(context, min(policy.depth(), MAX_DRAFT), sampling, gen)
+    return policy.trim(len(proposal.tokens), proposal.match) > 0

@@ -14,6 +14,7 @@ from sonic.spec.proposer import Proposal
 
 class NgramProposer:
     name = "ngram"
+    starts_on_host = True  # `start` indexes the prompt: no GPU work
 
     def __init__(self, max_n: int = 4, min_n: int = 1):
         if not 1 <= min_n <= max_n:
@@ -24,6 +25,7 @@ class NgramProposer:
     def start(self, prompt_ids: list[int], max_len: int) -> None:
         self.seen: list[int] = []
         self.index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(self.min_n, self.max_n + 1)}
+        self._extend(list(prompt_ids))
 
     def _extend(self, context: list[int]):
         old = len(self.seen)
@@ -39,13 +41,18 @@ class NgramProposer:
 
     def lookup(self, context: list[int], k: int) -> list[int]:
         """Up to k tokens that followed the most recent earlier occurrence of the longest matching suffix."""
+        return self.match(context, k)[1]
+
+    def match(self, context: list[int], k: int) -> tuple[int, list[int]]:
+        """(length of the longest suffix found earlier, up to k tokens that followed it); (0, []) if none."""
         self._extend(context)
         for n in range(min(self.max_n, len(context) - 1), self.min_n - 1, -1):
             i = self.index[n].get(tuple(context[-n:]))
             if i is not None:
-                return context[i + n:i + n + k]
-        return []
+                return n, context[i + n:i + n + k]
+        return 0, []
 
     def propose(self, context: list[int], k: int, sampling: SamplingParams,
                 gen: torch.Generator | None) -> Proposal:
-        return Proposal(self.lookup(context, k))
+        n, tokens = self.match(context, k)
+        return Proposal(tokens, match=n)

@@ -15,6 +15,9 @@ class Proposal:
     # Draft probabilities [len(tokens), V] the tokens were sampled from, for rejection sampling;
     # None means each token was chosen outright (a point mass), as prompt lookup does.
     probs: torch.Tensor | None = None
+    # How the draft was found, for policies that judge drafts by it: prompt lookup gives the length of
+    # the matched suffix (a longer match is likelier to hold); 0 says nothing.
+    match: int = 0
 
 
 class Proposer(Protocol):

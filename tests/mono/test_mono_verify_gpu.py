@@ -59,3 +59,17 @@ def test_models_whose_rows_need_other_tiles_verify_on_the_graph_runner():
     mono.reserve(len(prompt) + 4)
     mono.prefill(prompt)
     assert len(mono.verify_argmax(prompt[:3], 0)) == 3
+
+
+def test_a_stopped_plain_run_ends_after_the_token_in_flight():
+    mono, _ = make("llama", "default")
+    prompt = prompt_of(mono.config, seed=3)
+    plain = list(mono.generate(prompt, 48, GREEDY))
+    mono.reserve(len(prompt) + 48)
+    mono.prefill(prompt)
+    taken = []
+    for token in mono.decode_steps(plain[0], len(prompt), 40, GREEDY, stop=lambda: len(taken) == 5):
+        taken.append(token)
+    # What lands after the stop is still plain decoding's, and the runner knows where it ended.
+    assert 5 <= len(taken) < 40 and taken == plain[1:1 + len(taken)]
+    assert mono.position == len(prompt) + len(taken)

@@ -32,6 +32,7 @@ class MarkovRunner:
         self.logits = probs.log()
         self.position = 0
         self.verified: list[tuple[int, int]] = []  # (start, rows) of every verification
+        self.plain_runs: list[int] = []              # tokens decoded by each run of plain steps
 
     def reserve(self, max_len: int):
         self.position = 0
@@ -49,9 +50,13 @@ class MarkovRunner:
     def rewind(self, length: int):
         self.position = length
 
-    def decode_steps(self, token, position, n, sampling, gen=None):
-        for _ in range(n):
+    def decode_steps(self, token, position, n, sampling, gen=None, stop=None):
+        self.plain_runs.append(0)
+        for i in range(n):
+            if i and stop is not None and stop():
+                return
             token = int(sample(self.logits[token][None], sampling, gen)[0])
+            self.plain_runs[-1] += 1
             yield token
 
 

@@ -5,7 +5,7 @@ import torch
 from conftest import TINY_CONFIGS
 from sonic.engine.sampling import SamplingParams
 from sonic.spec import adaptive
-from sonic.spec.adaptive import AdaptiveDepth, CostTable, interpolate, measure_costs
+from sonic.spec.adaptive import AdaptiveDepth, CostTable, LookupDepth, interpolate, measure_costs
 from sonic.spec.loop import SpecStats, speculative_generate
 from sonic.spec.proposer import Proposal
 from spec_helpers import FixedProposer, MarkovRunner, single_thread, tiny_runner  # noqa: F401
@@ -99,6 +99,86 @@ def test_costs_are_measured_on_the_runner_once(monkeypatch):
     adaptive._COSTS.clear()
     table = measure_costs(runner, 5)
     assert len(table.verify_steps) == 5 and all(c > 0 for c in table.verify_steps)
-    assert table.draft_step == 0.0
+    assert table.draft_step == 0.0 and table.lone_step > 0
     monkeypatch.setattr(adaptive, "step_time", lambda *a, **k: pytest.fail("measured twice"))
     assert measure_costs(runner, 5) is table
+
+
+# ---- prompt lookup: each draft judged by the length of its match ----
+GPU_LONE = CostTable(tuple(1.05 + 0.04 * (m - 1) for m in range(1, 17)), lone_step=1.05)  # a lone step syncs too
+
+
+def lookup_after(costs, outcomes, max_k=8) -> LookupDepth:
+    policy = LookupDepth(costs, max_k)
+    for drafted, accepted, match in outcomes:
+        policy.update(drafted, accepted, match)
+    return policy
+
+
+def test_long_matches_are_verified_deep_and_short_ones_not_after_failing():
+    policy = lookup_after(GPU_LONE, [(8, 8, 4)] * 10 + [(4, 0, 1)] * 20)
+    assert policy.depth() == 8  # looking costs nothing: it asks for the most
+    assert policy.trim(8, match=4) == 8
+    assert policy.trim(8, match=1) == 0  # the same draft length, found by one token: a plain step pays more
+    assert policy.trim(3, match=4) == 3 and policy.trim(0, match=4) == 0
+
+
+def test_lookup_trims_where_acceptance_ends():
+    policy = lookup_after(GPU_LONE, [(8, 2, 4)] * 40)  # the third token is always rejected
+    assert 2 <= policy.trim(8, match=4) < 8
+
+
+def test_lookup_never_verifies_where_every_row_costs_a_step():
+    policy = lookup_after(CPU_LIKE, [(8, 8, 4)] * 20)
+    assert policy.trim(8, match=4) == 0
+
+
+def test_lookup_priors_trust_longer_matches():
+    policy = LookupDepth(GPU_LONE, 8)
+    assert policy.trim(8, match=1) <= policy.trim(8, match=2) <= policy.trim(8, match=4)
+    assert policy.trim(8, match=4) > 0 and policy.trim(8, match=7) == policy.trim(8, match=4)
+    assert policy.watches_plain and policy.plain_run() == LookupDepth.STRETCH
+
+
+class LateProposer:
+    """Finds nothing until the context is `late` tokens long, then the target chain's continuation."""
+    name = "late"
+
+    def __init__(self, probs, late):
+        self.chain, self.late = ChainProposer(probs), late
+
+    def start(self, prompt_ids, max_len):
+        pass
+
+    def propose(self, context, k, sampling, gen):
+        if len(context) < self.late:
+            return Proposal([], match=0)
+        return Proposal(self.chain.propose(context, k, sampling, gen).tokens, match=4)
+
+
+def test_a_plain_run_ends_when_a_lookup_is_worth_verifying():
+    target = MarkovRunner(P)
+    plain = list(target.decode_steps(3, 0, 120, SamplingParams()))
+    stats = SpecStats()
+    target.plain_runs.clear()
+    out = list(speculative_generate(target, LateProposer(P, late=40), LookupDepth(GPU_LONE, 8), [3], 120,
+                                    SamplingParams(), stats=stats))
+    assert out == plain
+    # The first token comes from prefill; the plain run then stops right where drafts appear.
+    assert target.plain_runs[0] == 40 - 2
+    assert stats.steps > 0 and stats.accepted == stats.drafted
+
+
+def test_auto_picks_the_lookup_policy_for_prompt_lookup_and_decides_first_for_a_draft_model(monkeypatch):
+    from sonic.spec import speculator
+    from sonic.spec.ngram import NgramProposer
+    monkeypatch.setattr(speculator, "measure_costs", lambda *a: GPU_LONE)
+    assert isinstance(speculator.make_policy("auto", 15, None, NgramProposer()), LookupDepth)
+    draft = type("Draft", (), {"runner": object()})()
+    assert type(speculator.make_policy("auto", 8, None, draft)) is AdaptiveDepth
+    assert type(speculator.make_policy("ngram", 8, None, NgramProposer())) is adaptive.FixedDepth
+
+
+def test_costs_never_fall_with_more_rows():
+    # A delay caught by one measurement is removed; a real step up (a second tile of rows) stays.
+    assert adaptive.monotone((1.1, 1.4, 1.2, 1.3, 1.6, 1.5)) == (1.1, 1.2, 1.2, 1.3, 1.5, 1.5)

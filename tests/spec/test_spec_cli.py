@@ -92,7 +92,7 @@ def test_bench_tasks_reports_every_setting(capsys, tmp_path, long_context_model)
     assert all(r["identical"] for r in report["results"])
     assert rows[("code-editing", "k=4")]["drafted"] > 0 and rows[("code-editing", "k=4")]["acceptance_rate"] == 1
     assert rows[("creative", "off")]["speedup"] == 1.0 and rows[("creative", "off")]["drafted"] == 0
-    assert len(report["verify_cost"]) == 9 and report["proposer"] == "draft" and report["draft_cost"] > 0
+    assert len(report["verify_cost"]) == 16 and report["proposer"] == "draft" and report["draft_cost"] > 0
     assert "code-editing" in table and "auto" in table
 
 

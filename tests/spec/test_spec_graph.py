@@ -9,7 +9,7 @@ from conftest import TINY_CONFIGS
 from sonic.config import ModelConfig
 from sonic.engine.sampling import SamplingParams
 from sonic.models.registry import build_model
-from sonic.spec.adaptive import AdaptiveDepth, FixedDepth, measure_costs
+from sonic.spec.adaptive import AdaptiveDepth, FixedDepth, LookupDepth, measure_costs
 from sonic.spec.draft import DraftProposer
 from sonic.spec.loop import SpecStats, speculative_generate
 from sonic.spec.ngram import NgramProposer
@@ -98,6 +98,30 @@ def test_adaptive_greedy_is_bit_identical(gpu_target):
     assert all(c > 0 for c in costs.verify_steps)
     out = list(speculative_generate(runner, NgramProposer(), AdaptiveDepth(costs, 8), prompt, STEPS, GREEDY))
     assert out == plain
+
+
+@pytest.mark.gpu
+def test_lookup_policy_greedy_is_bit_identical(gpu_target):
+    _, runner, prompt, plain = gpu_target
+    costs = measure_costs(runner, 16)
+    stats = SpecStats()
+    out = list(speculative_generate(runner, NgramProposer(), LookupDepth(costs, 15), prompt, STEPS, GREEDY,
+                                    stats=stats))
+    assert out == plain
+
+
+@pytest.mark.gpu
+def test_a_stopped_plain_run_yields_what_it_queued(gpu_target):
+    from sonic.engine.runner_graph import QUEUE_AHEAD
+    _, runner, prompt, plain = gpu_target
+    runner.reserve(len(prompt) + STEPS)
+    runner.prefill(prompt)
+    taken = []
+    steps = runner.decode_steps(plain[0], len(prompt), 40, GREEDY, stop=lambda: len(taken) == 5)
+    for token in steps:
+        taken.append(token)
+    # Stopped after the fifth token: the steps already queued still land, and they are plain decoding's.
+    assert taken == plain[1:1 + 5 + QUEUE_AHEAD] and runner.position == len(prompt) + len(taken)
 
 
 @pytest.mark.gpu

@@ -4,7 +4,7 @@ import torch
 
 from conftest import TINY_CONFIGS
 from sonic.engine.sampling import SamplingParams
-from sonic.spec.adaptive import AdaptiveDepth, CostTable, FixedDepth
+from sonic.spec.adaptive import AdaptiveDepth, CostTable, FixedDepth, LookupDepth
 from sonic.spec.draft import DraftProposer
 from sonic.spec.loop import SpecStats, speculative_generate
 from sonic.spec.ngram import NgramProposer
@@ -69,6 +69,24 @@ def test_adaptive_depth_matches_plain(family):
     costs = CostTable(tuple(1.0 + 0.1 * m for m in range(16)))
     out, _ = run(target, NgramProposer(), AdaptiveDepth(costs, 8), prompt)
     assert out == plain
+
+
+def test_lookup_depth_matches_plain(family):
+    # Drafts judged by their match, plain runs that end when a lookup is worth verifying.
+    _, target, prompt, plain = family
+    costs = CostTable(tuple(1.0 + 0.05 * m for m in range(16)), lone_step=1.0)
+    out, stats = run(target, NgramProposer(), LookupDepth(costs, 15), prompt)
+    assert out == plain and stats.steps > 0
+
+
+def test_a_stopped_plain_run_on_the_reference_path_is_a_prefix_of_plain(family):
+    _, target, prompt, plain = family
+    target.reserve(len(prompt) + STEPS)
+    target.prefill(prompt)
+    taken = []
+    for token in target.decode_steps(plain[0], len(prompt), 20, GREEDY, stop=lambda: len(taken) == 3):
+        taken.append(token)
+    assert taken == plain[1:4]
 
 
 def test_self_draft_accepts_everything_and_rolls_back_nothing():

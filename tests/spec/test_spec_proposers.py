@@ -52,6 +52,15 @@ def test_a_new_context_rebuilds_the_index():
     assert p.lookup([7, 8, 9, 7, 8], 2) == [9, 7]
 
 
+def test_start_indexes_the_prompt_and_proposals_say_their_match():
+    p = NgramProposer(max_n=4, min_n=1)
+    p.start([5, 6, 7, 8, 9, 5, 6, 7], 64)
+    assert p.seen == [5, 6, 7, 8, 9, 5, 6, 7]  # indexed up front, while the GPU prefills
+    proposal = p.propose([5, 6, 7, 8, 9, 5, 6, 7], 3, GREEDY, None)
+    assert proposal.tokens == [8, 9, 5] and proposal.match == 3
+    assert p.propose([5, 6, 7, 8, 9, 5, 6, 7, 4], 3, GREEDY, None).match == 0  # 4 was never seen
+
+
 def test_invalid_sizes_are_a_user_error():
     with pytest.raises(SonicError):
         NgramProposer(max_n=2, min_n=3)
