@@ -9,7 +9,7 @@ plain decoding would.
 """
 from __future__ import annotations
 
-from sonic.spec.loop import MAX_DRAFT, SpecStats, verify_draft
+from sonic.spec.loop import MAX_DRAFT, SpecStats, chosen_draft, verify_draft
 
 
 class SlotTarget:
@@ -55,7 +55,7 @@ class SpecSession:
             return None
         proposal = self.proposer.propose(self.context, k, sampling, gen)
         # Each plain token here is its own step, so a policy that judges drafts looks at every token.
-        draft = proposal.tokens[:self.policy.trim(len(proposal.tokens[:k]), proposal.match)] if proposal else []
+        draft = chosen_draft(self.policy, proposal, k)
         if not draft:
             return None
         q = proposal.probs[:len(draft)] if proposal.probs is not None else None

@@ -82,7 +82,7 @@ def speculative_generate(runner, proposer, policy, prompt_ids: list[int], max_to
         # max_tokens, nor past the context (prompt + max_tokens fits, as plain decoding needs).
         k = min(policy.depth(), remaining - 1, MAX_DRAFT)
         proposal = proposer.propose(context, k, sampling, gen) if k > 0 else None
-        draft = proposal.tokens[:policy.trim(len(proposal.tokens[:k]), proposal.match)] if proposal else []
+        draft = chosen_draft(policy, proposal, k)
         if draft:
             q = proposal.probs[:len(draft)] if proposal.probs is not None else None
             new = verify_draft(runner, context[-1], pos, draft, q, sampling, gen)
@@ -106,7 +106,15 @@ def speculative_generate(runner, proposer, policy, prompt_ids: list[int], max_to
                     break
 
 
+def chosen_draft(policy, proposal, k: int) -> list[int]:
+    """The draft tokens the policy verifies out of `proposal` (at most k); [] for none."""
+    if proposal is None:
+        return []
+    tokens = proposal.tokens[:k]
+    return tokens[:policy.trim(len(tokens), proposal.match)]
+
+
 def worth_drafting(proposer, policy, context: list[int], sampling: SamplingParams, gen) -> bool:
     """Whether the policy would verify what the proposer drafts after `context` now."""
-    proposal = proposer.propose(context, min(policy.depth(), MAX_DRAFT), sampling, gen)
-    return policy.trim(len(proposal.tokens), proposal.match) > 0
+    k = min(policy.depth(), MAX_DRAFT)
+    return bool(chosen_draft(policy, proposer.propose(context, k, sampling, gen), k))
