@@ -69,6 +69,11 @@ class GraphRunner(ReferenceRunner):
         self.seed = torch.zeros(1, dtype=torch.long, device=dev)
         self.step_counter = torch.zeros(1, dtype=torch.long, device=dev)
         self.host_tokens = torch.zeros(QUEUE_AHEAD + 1, dtype=torch.long, pin_memory=self.device.type == "cuda")
+        # Made once: a host operation costs microseconds, and a plain run that a draft ends is short.
+        self._host_token_np = self.host_tokens.numpy()
+        self._host_slots = list(self.host_tokens.split(1))
+        self._token0, self._position0 = self.tokens[:1], self.positions[:1]
+        self._events = [torch.cuda.Event() for _ in range(QUEUE_AHEAD + 2)] if dev.type == "cuda" else None
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self.matvec = Matvec()  # Triton or the CUDA tensor-core kernel (SONIC_MATVEC), for every step
 
@@ -165,12 +170,12 @@ class GraphRunner(ReferenceRunner):
         """Replay `graph` n times, QUEUE_AHEAD steps ahead of the host. The first replays are queued
         now; the iterator returned yields each step's token as it lands in the pinned buffer. `stop`
         is called after each token is taken: True queues no more, and the queued steps still yield."""
-        events = [torch.cuda.Event() for _ in range(QUEUE_AHEAD + 1)]
-        slots = len(events)
+        events, slots = self._events, QUEUE_AHEAD + 1
+        host, token0 = self._host_token_np, self._token0
 
         def enqueue(step: int):
             graph.replay()
-            self.host_tokens[step % slots].copy_(self.tokens[0], non_blocking=True)
+            self._host_slots[step % slots].copy_(token0, non_blocking=True)
             events[step % slots].record()
 
         queued = min(QUEUE_AHEAD, n)
@@ -182,7 +187,7 @@ class GraphRunner(ReferenceRunner):
             step = 0
             while step < n:
                 events[step % slots].synchronize()
-                token = int(self.host_tokens[step % slots])
+                token = int(host[step % slots])
                 if queued < n:
                     enqueue(queued)
                     queued += 1
@@ -194,7 +199,7 @@ class GraphRunner(ReferenceRunner):
 
     def _drain(self):
         """Wait for every queued step, so the buffers can be reused."""
-        done = torch.cuda.Event()
+        done = self._events[-1]
         done.record()
         done.synchronize()
 
@@ -219,8 +224,8 @@ class GraphRunner(ReferenceRunner):
         `generate`: the speculative loop's stretches without drafts cost what plain decoding costs.
         `stop` (see `_queue`) may end the run early, after the steps already queued."""
         self._seed(sampling, gen)
-        self.tokens[:1].fill_(token)
-        self.positions[:1].fill_(position)
+        self._token0.fill_(token)
+        self._position0.fill_(position)
         # Set before a first capture: its warm-up steps then write K/V only at and past `position`,
         # never over the accepted sequence before it.
         graph = self._graph(sampling)

@@ -8,19 +8,30 @@ from conftest import TINY_CONFIGS
 from sonic.engine.sampling import SamplingParams
 from sonic.errors import SonicError
 from sonic.spec.draft import DraftProposer
-from sonic.spec.ngram import NgramProposer
+from sonic.spec.ngram import CANDIDATES, REACH, NgramProposer
 from spec_helpers import single_thread, tiny_runner  # noqa: F401
 
 GREEDY = SamplingParams()
 
 
 def rescan(context: list[int], k: int, max_n: int, min_n: int) -> list[int]:
-    """The definition, by brute force: longest suffix first, its latest earlier occurrence."""
+    """The definition, by brute force: longest suffix first; of a max_n match's latest CANDIDATES
+    occurrences, the one whose match goes furthest back (up to REACH), the latest of equals."""
     for n in range(min(max_n, len(context) - 1), min_n - 1, -1):
         suffix = context[-n:]
-        for i in range(len(context) - n - 1, -1, -1):
-            if context[i:i + n] == suffix:
-                return context[i + n:i + n + k]
+        starts = [i for i in range(len(context) - n) if context[i:i + n] == suffix]
+        if not starts:
+            continue
+        if n < max_n:
+            return context[starts[-1] + n:starts[-1] + n + k]
+
+        def reach(i):
+            length = n
+            while length < REACH and i - (length - n) > 0 and context[i - 1 - (length - n)] == context[-1 - length]:
+                length += 1
+            return length
+        best = max(reversed(starts[-CANDIDATES:]), key=reach)  # max keeps the first (latest) of equals
+        return context[best + n:best + n + k]
     return []
 
 
@@ -30,6 +41,16 @@ def test_longest_match_first_then_most_recent():
     assert p.lookup([5, 1, 7, 5, 2, 7, 5], 3) == [2, 7, 5]        # the latest (7, 5), clipped at the end
     assert p.lookup([4, 4], 3) == [4]
     assert p.lookup([1, 2, 3], 4) == []
+
+
+def test_a_repeated_match_takes_the_occurrence_that_matches_further_back():
+    # "4 1 2 3" occurs twice before the end; the earlier one is preceded by 7 as the suffix is.
+    context = [7, 4, 1, 2, 3, 9, 8, 5, 4, 1, 2, 3, 6, 0, 7, 4, 1, 2, 3]
+    p = NgramProposer(max_n=4, min_n=1)
+    proposal = p.propose(context, 2, GREEDY, None)
+    assert proposal.tokens == [9, 8] and proposal.match == 5
+    context[-5] = 5  # now the later occurrence's 5 matches instead
+    assert p.propose(context, 2, GREEDY, None).tokens == [6, 0]
 
 
 def test_min_n_leaves_short_matches_out():
