@@ -47,7 +47,7 @@ def test_cubins_are_cached_by_source(tmp_path, monkeypatch):
 def test_flags_name_every_kernel_apart():
     names = {f.name for f in cmv.STANDARD}
     assert len(names) == len(cmv.STANDARD)
-    assert all(re.fullmatch(r"tcmv_[01]{12}", n) for n in names)
+    assert all(re.fullmatch(r"tcmv_[01]{12}(_k[248])?", n) for n in names)
     # Every normalising kernel also comes wide (more rows' inputs in flight), for verification.
     narrow = {f for f in cmv.STANDARD if f.norm and not f.wide}
     assert {dataclasses.replace(f, wide=True) for f in narrow} == {f for f in cmv.STANDARD if f.wide}
@@ -64,6 +64,14 @@ def test_launch_structs_match_the_driver_abi():
 
 def test_tiles():
     assert cmv.num_tiles(128256) == 8016 and cmv.tiles_per_block(128256) == 7 and cmv.tiles_per_block(3072) == 1
+
+
+def test_long_k_over_few_tiles_splits_over_a_cluster():
+    # llama-3.2-1b's down projection (K 8192, 128 tiles) on two SMs per tile; the rest on one.
+    assert cmv.ksplit(2048, 8192) == 2 and cmv.ksplit(576, 1536) == 1 and cmv.ksplit(2048, 2048) == 1
+    assert cmv.ksplit(4096, 14336) == 1  # 256 tiles fill the GPU already
+    assert "tcmv::run<8, 2," in cmv.Flags(res=True, split=2).source() and cmv.Flags(split=2).name.endswith("_k2")
+    assert any(f.split == 2 for f in cmv.STANDARD)
 
 
 def test_backend_choice(monkeypatch):

@@ -57,7 +57,7 @@ def _needs_hopper_and_nvcc():
 
 @pytest.mark.parametrize("flags", FLAG_CASES, ids=lambda f: "-".join(f) or "plain")
 @pytest.mark.parametrize("m", [1, 3, 8, 9, 16])
-@pytest.mark.parametrize("n,k", [(200, 96), (3072, 2048), (1000, 576)])
+@pytest.mark.parametrize("n,k", [(200, 96), (3072, 2048), (1000, 576), (100, 4160)])  # the last: K split over two blocks
 def test_matches_reference_and_one_row_calls(flags, m, n, k):
     x, w, opts, out_dtype = _case(m, n, k, **flags)
     argmax = flags.get("argmax", False)

@@ -9,13 +9,14 @@ import functools
 import torch
 
 _COOPERATIVE = 2                         # CU_LAUNCH_ATTRIBUTE_COOPERATIVE
+_CLUSTER_DIMENSION = 4                   # CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6   # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 _MAX_DYNAMIC_SHARED_SIZE_BYTES = 8       # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 
 
 class _LaunchAttribute(ctypes.Structure):
-    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int),
-                ("value_pad", ctypes.c_char * 60)]
+    # CUlaunchAttribute: an id, then a 64-byte value union (a flag, or a cluster's x, y, z).
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_uint * 16)]
 
 
 class _LaunchConfig(ctypes.Structure):
@@ -88,17 +89,21 @@ def block_limits(fn: ctypes.c_void_p) -> tuple[int, int]:
 
 
 def launch(fn: ctypes.c_void_p, grid: int, block: int, shared_bytes: int, params: ctypes.Structure,
-           device_index: int, pdl: bool, cooperative: bool = False):
+           device_index: int, pdl: bool, cooperative: bool = False, cluster: int = 1):
     """One launch of `fn(params)` on torch's current stream of the device. A cooperative launch fails
-    with an error, instead of hanging, when the grid cannot be resident all at once."""
+    with an error, instead of hanging, when the grid cannot be resident all at once. cluster > 1
+    groups that many consecutive blocks into a cluster (distributed shared memory)."""
     _ensure_context(device_index)
     cfg = _LaunchConfig()
     cfg.grid[:] = (grid, 1, 1)
     cfg.block[:] = (block, 1, 1)
     cfg.shared_bytes = shared_bytes
     cfg.stream = torch.cuda.current_stream(device_index).cuda_stream
-    wanted = [a for a, on in ((_PROGRAMMATIC_STREAM_SERIALIZATION, pdl), (_COOPERATIVE, cooperative)) if on]
-    attrs = (_LaunchAttribute * max(1, len(wanted)))(*[_LaunchAttribute(id=a, value=1) for a in wanted])
+    wanted = [(a, v) for a, v, on in ((_PROGRAMMATIC_STREAM_SERIALIZATION, (1,), pdl),
+                                      (_COOPERATIVE, (1,), cooperative),
+                                      (_CLUSTER_DIMENSION, (cluster, 1, 1), cluster > 1)) if on]
+    attrs = (_LaunchAttribute * max(1, len(wanted)))(
+        *[_LaunchAttribute(id=a, value=(ctypes.c_uint * 16)(*v)) for a, v in wanted])
     cfg.attrs = attrs if wanted else None
     cfg.num_attrs = len(wanted)
     args = (ctypes.c_void_p * 1)(ctypes.cast(ctypes.pointer(params), ctypes.c_void_p))

@@ -43,20 +43,23 @@ class Flags:
     # more registers (one block per SM, not two), so one-token steps keep the narrow kernel; a row's
     # arithmetic is the same in both.
     wide: bool = False
+    # Blocks (one cluster) sharing each tile's K (see ksplit).
+    split: int = 1
 
     @property
     def name(self) -> str:
-        return "tcmv_" + "".join("1" if f else "0" for f in astuple(self))
+        *flags, split = astuple(self)
+        return "tcmv_" + "".join("1" if f else "0" for f in flags) + (f"_k{split}" if split > 1 else "")
 
     def smem(self, m: int, k: int) -> int:
         return m * (k + 8) * 2 if self.norm else 0
 
     def source(self) -> str:
-        *flags, early, wide = ("true" if f else "false" for f in astuple(self))
+        *flags, early, wide, _ = ("true" if f else "false" for f in astuple(self))
         group = 8 if self.wide else 4
         bounds = f"{WARPS * 32}, 1" if self.wide else f"{WARPS * 32}"  # wide: registers over occupancy
         return (f'extern "C" __global__ void __launch_bounds__({bounds}) {self.name}(TcParams p) '
-                f"{{ tcmv::run<{WARPS}, {early}, {group}, {', '.join(flags)}>(p); }}\n")
+                f"{{ tcmv::run<{WARPS}, {self.split}, {early}, {group}, {', '.join(flags)}>(p); }}\n")
 
 
 NARROW_ROWS = 4
@@ -70,7 +73,8 @@ _NORMED = (dict(norm=True, x_gather=True), dict(norm=True, x_gather=True, bias=T
 STANDARD = tuple(Flags(**kw) for kw in (
     *_NORMED, *(kw | dict(wide=True) for kw in _NORMED),
     dict(res=True, res_gather=True, out_f32=True), dict(res=True, res_f32=True, out_f32=True),
-    dict(res=True, res_f32=True, out_f32=True, x_early=False)))
+    dict(res=True, res_f32=True, out_f32=True, x_early=False),
+    dict(res=True, res_f32=True, out_f32=True, x_early=False, split=2)))
 
 
 def kernels_source(flags=STANDARD) -> str:
@@ -91,6 +95,17 @@ def tiles_per_block(N: int) -> int:
     """Tiles one block walks through: one, unless there are thousands (the LM head), where fewer blocks
     mean fewer passes over the rows for the RMSNorm statistics."""
     return max(1, num_tiles(N) // 1024)
+
+
+FILL_BLOCKS = 264  # two blocks on each of an H100's or H200's 132 SMs
+
+
+def ksplit(N: int, K: int) -> int:
+    """Blocks (one cluster) per tile: two where a tile's K is long (more than X_EARLY_MAX_K) and the
+    tiles too few to fill the GPU twice over, so that a tile of 16 rows streams from two SMs. Timed on
+    an H200: llama-3.2-1b's down projection 27 -> 16 us; shorter K lost time to the clusters' syncs.
+    A function of the shape alone: every M splits the same way (bit-identical rows)."""
+    return 2 if K > X_EARLY_MAX_K and num_tiles(N) * 2 <= FILL_BLOCKS else 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -165,16 +180,16 @@ def matvec(x, w, out, *, norm_weight=None, eps=1e-6, bias=None, residual=None, s
                   res_gather=index is not None and not x_gather, x_f32=x.dtype == torch.float32,
                   res_f32=residual is not None and residual.dtype == torch.float32,
                   out_f32=out.dtype == torch.float32, x_early=norm_weight is not None or k <= X_EARLY_MAX_K,
-                  wide=norm_weight is not None and m > NARROW_ROWS)
+                  wide=norm_weight is not None and m > NARROW_ROWS, split=ksplit(n, k))
     dev = w.device.index if w.device.index is not None else torch.cuda.current_device()
     kernels = _kernels.setdefault(dev, _Kernels(dev))
     smem = flags.smem(m, k)
     fn = kernels.function(flags, flags.smem(MAX_ROWS, k))
     vals, idxs = argmax_partials if argmax_partials is not None else (None, None)
-    tpb = tiles_per_block(n)
+    tpb, ks = tiles_per_block(n), flags.split
     p = _Params(x=x.data_ptr(), w=w.data_ptr(), out=out.data_ptr(), nw=_ptr(norm_weight), bias=_ptr(bias),
                 res=_ptr(residual), index=_ptr(index), pval=_ptr(vals), pidx=_ptr(idxs),
                 stride_x=x.stride(0), stride_r=residual.stride(0) if residual is not None else 0,
                 stride_o=out.stride(0), M=m, N=n, K=k, tiles=tiles, tiles_per_block=tpb, eps=eps)
-    driver.launch(fn, triton.cdiv(tiles, tpb), WARPS * 32, smem, p, dev, pdl_enabled(w))
+    driver.launch(fn, triton.cdiv(tiles, tpb) * ks, WARPS * 32, smem, p, dev, pdl_enabled(w), cluster=ks)
     return out

@@ -6,7 +6,12 @@
 // 16-row A side, read straight from HBM into registers with 16-byte loads: a lane holds 8 consecutive
 // k of two weight rows, and the k order inside each 32-wide chunk is permuted the same way for weights
 // and inputs, which leaves the dot products unchanged. Warps split K round-robin by 32-wide chunks and
-// their partial sums are added in warp order, so the result never depends on timing.
+// their partial sums are added in warp order, so the result never depends on timing. Where a tile's K
+// is long and the tiles too few to fill the SMs (llama-3.2-1b's down projection), a cluster of KS
+// blocks on as many SMs shares each tile: block r takes every KS-th run of WARPS chunks, and the
+// partial sums are added over (block, warp) in order through distributed shared memory. KS depends
+// only on the matrix's shape, never on M, so rows stay bit-identical across M.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
 
@@ -57,7 +62,7 @@ __device__ __forceinline__ void mma_chunk(float (&d)[4], const uint4& ra, const 
   mma(d, ra.z, rb.z, ra.w, rb.w, xv.z, xv.w);
 }
 
-template <int WARPS, bool X_EARLY, int NORM_GROUP, bool NORM, bool BIAS, bool RES, bool SILU, bool ARGMAX, bool XGATHER, bool RESGATHER,
+template <int WARPS, int KS, bool X_EARLY, int NORM_GROUP, bool NORM, bool BIAS, bool RES, bool SILU, bool ARGMAX, bool XGATHER, bool RESGATHER,
           bool X_F32, bool RES_F32, bool OUT_F32>
 __device__ __forceinline__ void run(const TcParams& p) {
   // Each warp loads a stage of U chunks at once into registers, then uses it: many independent
@@ -73,9 +78,13 @@ __device__ __forceinline__ void run(const TcParams& p) {
   const int g = lane >> 2, t = lane & 3;
   const int M = p.M, N = p.N, K = p.K;
   const int nch = K / CHUNK;
-  const int cnt = (nch - warp + WARPS - 1) / WARPS;  // this warp's chunks: warp, warp + WARPS, ...
+  constexpr int ks = KS;  // blocks per cluster (the launch's cluster size)
+  const int rank = ks > 1 ? (int)cooperative_groups::this_cluster().block_rank() : 0;
+  const int streams = WARPS * ks;                     // chunk streams over the cluster
+  const int gw = rank * WARPS + warp;                 // this warp's stream
+  const int cnt = (nch - gw + streams - 1) / streams;  // its chunks: gw, gw + streams, ... (gw < streams)
   const int XS = K + 8;                               // padded row: no bank conflicts
-  const int tile0 = blockIdx.x * p.tiles_per_block;
+  const int tile0 = (blockIdx.x / ks) * p.tiles_per_block;
   const int tile_end = min(tile0 + p.tiles_per_block, p.tiles);
   const bool two = M > 8;  // a second 8-token tile (the same per-row arithmetic either way)
   const uint4 zero = make_uint4(0, 0, 0, 0);
@@ -87,7 +96,7 @@ __device__ __forceinline__ void run(const TcParams& p) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (j0 + u < cnt) {
-        const int k = (warp + WARPS * (j0 + u)) * CHUNK;
+        const int k = (gw + streams * (j0 + u)) * CHUNK;
         wa[u] = ld_stream(pa + k);
         wb[u] = ld_stream(pb + k);
         if (SILU) {  // up rows sit N rows below the gate rows
@@ -103,7 +112,7 @@ __device__ __forceinline__ void run(const TcParams& p) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (j0 + u < cnt) {
-          const int k = (warp + WARPS * (j0 + u)) * CHUNK;
+          const int k = (gw + streams * (j0 + u)) * CHUNK;
           xa[NORM ? 0 : u] = g < M ? *reinterpret_cast<const uint4*>(xg + (long long)g * p.stride_x + k) : zero;
           xb[NORM ? 0 : u] =
               two && g + 8 < M ? *reinterpret_cast<const uint4*>(xg + (long long)(g + 8) * p.stride_x + k) : zero;
@@ -204,14 +213,14 @@ __device__ __forceinline__ void run(const TcParams& p) {
         if (j0 + u < cnt) {
           uint4 x0, x1;
           if (NORM) {
-            const int k = (warp + WARPS * (j0 + u)) * CHUNK + 8 * t;
+            const int k = (gw + streams * (j0 + u)) * CHUNK + 8 * t;
             x0 = g < M ? *reinterpret_cast<const uint4*>(xs + g * XS + k) : zero;
             x1 = g + 8 < M ? *reinterpret_cast<const uint4*>(xs + (g + 8) * XS + k) : zero;
           } else if (X_EARLY) {
             x0 = xa[NORM ? 0 : u];
             x1 = xb[NORM ? 0 : u];
           } else {
-            const uint16_t* xg = static_cast<const uint16_t*>(p.x) + (warp + WARPS * (j0 + u)) * CHUNK + 8 * t;
+            const uint16_t* xg = static_cast<const uint16_t*>(p.x) + (gw + streams * (j0 + u)) * CHUNK + 8 * t;
             x0 = g < M ? *reinterpret_cast<const uint4*>(xg + (long long)g * p.stride_x) : zero;
             x1 = two && g + 8 < M ? *reinterpret_cast<const uint4*>(xg + (long long)(g + 8) * p.stride_x) : zero;
           }
@@ -238,16 +247,22 @@ __device__ __forceinline__ void run(const TcParams& p) {
         red[warp][NMAT - 1][g + 8][tt * 8 + 2 * t + 1] = accu[tt][3];
       }
     }
-    __syncthreads();
-    for (int idx = tid; idx < 256; idx += WARPS * 32) {
+    // Every block's sums are in place; a block takes the outputs (r, m) with m % ks == rank, so each
+    // token's outputs (and its argmax) stay in one block.
+    if (ks > 1) cooperative_groups::this_cluster().sync(); else __syncthreads();
+    for (int idx = tid * ks + rank; idx < 256; idx += WARPS * 32 * ks) {
       const int r = idx >> 4, m = idx & 15;
       const int n = tile * 16 + r;
       if (m < M && n < N) {
         float y = 0.f, up = 0.f;
+        for (int q = 0; q < ks; ++q) {  // blocks, then warps, in order: a fixed sum
+          const float* rq = ks > 1 ? cooperative_groups::this_cluster().map_shared_rank(&red[0][0][0][0], q)
+                                   : &red[0][0][0][0];
 #pragma unroll
-        for (int w = 0; w < WARPS; ++w) {  // warps in order: a fixed sum
-          y += red[w][0][r][m];
-          if (SILU) up += red[w][NMAT - 1][r][m];
+          for (int w = 0; w < WARPS; ++w) {
+            y += rq[((w * NMAT) * 16 + r) * 16 + m];
+            if (SILU) up += rq[((w * NMAT + NMAT - 1) * 16 + r) * 16 + m];
+          }
         }
         if (BIAS) {
           y += bf(p.bias[n]);
@@ -271,7 +286,7 @@ __device__ __forceinline__ void run(const TcParams& p) {
     }
     if (ARGMAX) {
       __syncthreads();
-      if (tid < M) {  // this tile's (max, lowest index of the max) per token
+      if (tid < M && tid % ks == rank) {  // this tile's (max, lowest index of the max) per token
         float best = -INFINITY;
         int besti = 2147483647;
         for (int r = 0; r < 16 && tile * 16 + r < N; ++r) {
@@ -281,7 +296,8 @@ __device__ __forceinline__ void run(const TcParams& p) {
         p.pidx[(long long)tid * p.tiles + tile] = besti;
       }
     }
-    __syncthreads();
+    // The cluster's readers of this block's sums are done before they are overwritten or freed.
+    if (ks > 1) cooperative_groups::this_cluster().sync(); else __syncthreads();
   }
 }
 
