@@ -26,7 +26,8 @@ def add_model_args(p: argparse.ArgumentParser):
                    help="working dtype (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--runner", default="auto",
                    help="decode path: graph (fused kernels + CUDA graph), mono (one persistent CUDA kernel "
-                        "for greedy decoding), ref (eager PyTorch); auto = graph on cuda, ref on cpu")
+                        "for greedy decoding), ref (eager PyTorch); auto = graph on cuda, ref on cpu "
+                        "(with --tp: ref, or graph on GPUs)")
     add_tp_arg(p)
 
 

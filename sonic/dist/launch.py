@@ -34,7 +34,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_tp_request(model: str | None, world: int, device: str, allreduce: str = "ordered"):
+def check_tp_request(model: str | None, world: int, device: str, allreduce: str = "ordered", runner: str = "ref"):
     """User errors before anything starts: a bad count, too few GPUs, a model that does not split."""
     from sonic.dist.allreduce import COMMUNICATORS
     from sonic.dist.tp import check_tp
@@ -43,6 +43,8 @@ def check_tp_request(model: str | None, world: int, device: str, allreduce: str 
         raise SonicError(f"invalid --tp {world}: use 1 (one device) or more")
     if allreduce not in COMMUNICATORS:
         raise SonicError(f"unknown --tp-allreduce '{allreduce}': choose one of {', '.join(COMMUNICATORS)}")
+    if runner == "graph" and not device.startswith("cuda"):
+        raise SonicError("--runner graph with --tp runs on GPUs: add --device cuda, or use --runner ref")
     if allreduce == "one-shot" and not device.startswith("cuda"):
         raise SonicError("--tp-allreduce one-shot runs on GPUs: add --device cuda, or use ordered")
     if device.startswith("cuda") and world > torch.cuda.device_count():
@@ -80,12 +82,12 @@ class TPRunner:
 
     @classmethod
     def start(cls, model: str | None, world: int, device: str, dtype: str,
-              timeout_s: float = DEFAULT_TIMEOUT_S, allreduce: str = "ordered"):
+              timeout_s: float = DEFAULT_TIMEOUT_S, allreduce: str = "ordered", runner: str = "ref"):
         """Spawn ranks 1..N-1, load rank 0 alongside them, join. Returns (runner, loaded weights)."""
         if dist.is_initialized():
             raise SonicError("this process already runs a tensor-parallel engine: close it before loading another")
         os.environ.update(NO_MULTICAST_ENV)  # inherited by the workers, before any communicator exists
-        options = WorkerOptions(model, world, free_port(), device, dtype, timeout_s, allreduce)
+        options = WorkerOptions(model, world, free_port(), device, dtype, timeout_s, allreduce, runner)
         ctx = torch.multiprocessing.get_context("spawn")
         commands = [ctx.Pipe(duplex=False) for _ in range(1, world)]  # (worker's end, ours)
         results = [ctx.Pipe(duplex=False) for _ in range(1, world)]   # (ours, worker's end)
@@ -157,7 +159,7 @@ class TPRunner:
                 produced += 1
                 yield token
         except GeneratorExit:
-            if produced < max_tokens and not self.closed:  # the workers wait on the next step's flag
+            if self.shard.flag_due and not self.closed:  # the workers wait on the next flag
                 self._send_flag(0)
             raise
         except CollectiveError:  # a peer timed out or went away

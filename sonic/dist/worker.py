@@ -26,6 +26,7 @@ class WorkerOptions:
     dtype: str
     timeout_s: float
     allreduce: str = "ordered"
+    runner: str = "ref"  # ref: the reference model per rank; graph: the fused kernels, one CUDA graph a step
 
 
 def rank_device(device: str, rank: int) -> str:
@@ -56,6 +57,9 @@ def join_and_build(options: WorkerOptions, rank: int, loaded):
     comm = make_communicator(options.allreduce, options.timeout_s)
     plan = ShardPlan(loaded.config, rank, options.world)
     model = build_shard(plan, loaded.state_dict, comm, getattr(torch, options.dtype), device)
+    if options.runner == "graph":
+        from sonic.dist.graph_runner import ShardGraphRunner
+        return ShardGraphRunner(model, plan, comm)
     return ShardRunner(model, plan, comm)
 
 

@@ -104,14 +104,16 @@ class Engine:
         from sonic.dist.launch import DEFAULT_TIMEOUT_S, TPRunner, check_tp_request
 
         device = resolve_device(device)
-        if runner not in ("auto", "ref"):
-            raise SonicError(f"--runner {runner} is not supported yet with --tp: leave --runner at auto")
+        if runner not in ("auto", "ref", "graph"):
+            raise SonicError(f"--runner {runner} is not supported with --tp: use ref (the default) or graph")
+        # auto stays on the reference path per rank: the fused path over shards is opt-in (--runner graph).
+        runner = "ref" if runner == "auto" else runner
         if spec is not None and spec.on:
             raise SonicError("--speculative is not supported yet with --tp: drop one of them")
-        check_tp_request(model, tp, device, allreduce)  # before any process starts
+        check_tp_request(model, tp, device, allreduce, runner)  # before any process starts
         ecfg = EngineConfig(device=device, dtype=resolve_dtype(dtype, device), runner="tp")
         tp_runner, loaded = TPRunner.start(model, tp, device, ecfg.dtype, timeout_s or DEFAULT_TIMEOUT_S,
-                                           allreduce)
+                                           allreduce, runner)
         return cls(loaded.config, tp_runner, loaded.tokenizer, ecfg)
 
     def close(self):

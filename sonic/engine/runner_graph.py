@@ -96,11 +96,16 @@ class GraphRunner(ReferenceRunner):
                              num_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, sm_scale=c.head_dim ** -0.5,
                              num_splits=self.num_splits, q_norm_weight=layer.q_norm, k_norm_weight=layer.k_norm,
                              eps=eps, sliding_window=c.sliding_window)
-            mv(attn.view(m, c.q_size), layer.w_o, h, residual=p.embed if first else h,
-               index=tokens if first else None, gather="residual")
+            self._add_projection(attn.view(m, c.q_size), layer.w_o, h, p.embed if first else h,
+                                 index=tokens if first else None)
             mv(h, layer.w_gate_up, act, norm_weight=layer.mlp_norm, eps=eps, silu_mul=True)
-            mv(act, layer.w_down, h, residual=h)
+            self._add_projection(act, layer.w_down, h, h)
         return h
+
+    def _add_projection(self, x, w, h, residual, index=None):
+        """h = residual + x @ w.T, for O and down (residual rows gathered by `index` in layer 0).
+        A tensor-parallel rank sums its partial product with its peers' here."""
+        self.matvec(x, w, h, residual=residual, index=index, gather="residual")
 
     def forward_step(self, m: int) -> torch.Tensor:
         """Logits [m, V] for tokens[:m] at positions[:m]; writes their K/V into the cache."""

@@ -169,7 +169,8 @@ def assert_user_error(capsys, argv, *words):
     (["--tp", "3"], ["--tp 3", "4 attention heads do not divide by 3", "use one of --tp 1, 2, 4"]),
     (["--tp", "0"], ["invalid --tp 0"]),
     (["--tp", "2", "--speculative", "ngram"], ["--speculative is not supported yet with --tp"]),
-    (["--tp", "2", "--runner", "graph"], ["--runner graph is not supported yet with --tp"]),
+    (["--tp", "2", "--runner", "graph"], ["--runner graph with --tp runs on GPUs", "--device cuda"]),
+    (["--tp", "2", "--runner", "mono"], ["--runner mono is not supported with --tp", "use ref"]),
     (["--tp", "2", "--tp-allreduce", "one-shot"], ["--tp-allreduce one-shot runs on GPUs", "--device cuda"]),
 ])
 def test_bad_tp_flags(tiny_chat_model_dir, capsys, flags, words):

@@ -86,3 +86,29 @@ def allreduce_checks(rank: int, world: int, port: int, sizes: list[int]) -> dict
             out[size, str(dtype)] = (x.float().numpy(), ordered(x).float().numpy(), native(x).float().numpy())
     return out
 
+
+
+def graph_checks(rank: int, world: int, port: int, configs: dict, seed: int, prompt: list[int],
+                 max_tokens: int, device: str = "cpu", allreduce: str = "ordered") -> dict:
+    """Per config, on the fused kernels over the shard (eagerly under the interpreter, one CUDA graph a
+    step on a GPU, in bf16): teacher-forced logits of the prompt, greedy tokens and `flag_due` after each."""
+    from sonic.dist.graph_runner import ShardGraphRunner
+    dtype = torch.float32
+    if device == "cuda":
+        device, dtype = f"cuda:{rank}", torch.bfloat16
+        torch.cuda.set_device(device)
+    init_group(rank, world, port, device, timeout_s=60)
+    comm = make_communicator(allreduce)
+    out = {}
+    for name, config in configs.items():
+        plan = ShardPlan(config, rank, world)
+        model = build_shard(plan, random_state_dict(config, seed, dtype, device), comm, dtype, device)
+        runner = ShardGraphRunner(model, plan, comm, max_len=64, require_cuda=device != "cpu")
+        runner.reserve(len(prompt))
+        forced = runner.full_logits(runner.forward_tokens(prompt, 0))
+        tokens, due = [], []
+        for token in runner.generate(prompt, max_tokens, SamplingParams()):
+            tokens.append(token)
+            due.append(runner.flag_due)
+        out[name] = {"forced": forced.float().cpu().numpy(), "greedy": tokens, "flag_due": due}
+    return out
