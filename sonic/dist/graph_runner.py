@@ -44,11 +44,7 @@ class ShardGraphRunner(GraphRunner):
         self.part = torch.zeros(MAX_QUERY_TOKENS, c.hidden_size, dtype=torch.float32, device=dev)
         self.candidates = torch.zeros(plan.world, 2, dtype=torch.float32, device=dev)
         self.sampler = VocabParallelSampler(comm, plan.config.vocab_size, plan.vocab)
-        on_gpu = dev.type == "cuda"
-        self._chunk_tokens = torch.zeros(CHECK_EVERY, dtype=torch.long, pin_memory=on_gpu)
-        self._chunk_np = self._chunk_tokens.numpy()
-        self._chunk_slots = list(self._chunk_tokens.split(1))
-        self._chunk_events = [torch.cuda.Event() for _ in range(CHECK_EVERY)] if on_gpu else None
+        self._token_ring(CHECK_EVERY + 1)  # a whole chunk is queued at once
         self.flag_due = False  # whether the peers wait on rank 0's next go-on broadcast
 
     def _add_projection(self, x, w, h, residual, index=None):
@@ -95,23 +91,12 @@ class ShardGraphRunner(GraphRunner):
                     return
                 n = min(CHECK_EVERY, max_tokens - done)
                 self.flag_due = done + n < max_tokens
-                self._queue_chunk(step, n)
-                for i in range(n):
-                    if self._chunk_events is not None:
-                        self._chunk_events[i].synchronize()
+                for token in self._queue(step, n, ahead=n):
                     done += 1
-                    yield int(self._chunk_np[i])
+                    yield token
                 self.comm.check()
         finally:
             self.flag_due = False
-            if self._chunk_events is not None:
-                self._drain()
-
-    def _queue_chunk(self, step, n: int):
-        for i in range(n):
-            step()
-            self._chunk_slots[i].copy_(self._token0, non_blocking=self._chunk_events is not None)
-            if self._chunk_events is not None:
-                self._chunk_events[i].record()
+            self._drain()
 
     full_logits = ShardRunner.full_logits

@@ -68,14 +68,19 @@ class GraphRunner(ReferenceRunner):
         self.logits = torch.zeros(m, c.vocab_size, dtype=torch.float32, device=dev)
         self.seed = torch.zeros(1, dtype=torch.long, device=dev)
         self.step_counter = torch.zeros(1, dtype=torch.long, device=dev)
-        self.host_tokens = torch.zeros(QUEUE_AHEAD + 1, dtype=torch.long, pin_memory=self.device.type == "cuda")
-        # Made once: a host operation costs microseconds, and a plain run that a draft ends is short.
-        self._host_token_np = self.host_tokens.numpy()
-        self._host_slots = list(self.host_tokens.split(1))
         self._token0, self._position0 = self.tokens[:1], self.positions[:1]
-        self._events = [torch.cuda.Event() for _ in range(QUEUE_AHEAD + 2)] if dev.type == "cuda" else None
+        self._token_ring(QUEUE_AHEAD + 1)
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self.matvec = Matvec()  # Triton or the CUDA tensor-core kernel (SONIC_MATVEC), for every step
+
+    def _token_ring(self, slots: int):
+        """Pinned slots the queued steps' tokens land in, with their events (one more to drain on).
+        Made once: a host operation costs microseconds, and a plain run that a draft ends is short."""
+        on_gpu = self.device.type == "cuda"
+        self.host_tokens = torch.zeros(slots, dtype=torch.long, pin_memory=on_gpu)
+        self._host_token_np = self.host_tokens.numpy()
+        self._host_slots = list(self.host_tokens.split(1))
+        self._events = [torch.cuda.Event() for _ in range(slots + 1)] if on_gpu else None
 
     # ---- one step of the fused path (eager; also what the graph captures) ----
     def _layers(self, m: int) -> torch.Tensor:
@@ -159,7 +164,7 @@ class GraphRunner(ReferenceRunner):
         first = sample(self.prefill(prompt_ids)[None], sampling, gen)
         self.tokens[:1].copy_(first)
         self.positions[:1].fill_(len(prompt_ids))
-        steps = self._queue(graph, max_tokens - 1)
+        steps = self._queue(graph.replay, max_tokens - 1)
         try:
             yield int(first[0])  # the GPU is already busy with the next steps
             yield from steps
@@ -171,42 +176,46 @@ class GraphRunner(ReferenceRunner):
             self.seed.fill_(seed_of(gen))
             self.step_counter.zero_()
 
-    def _queue(self, graph: torch.cuda.CUDAGraph, n: int, stop=None) -> Iterator[int]:
-        """Replay `graph` n times, QUEUE_AHEAD steps ahead of the host. The first replays are queued
-        now; the iterator returned yields each step's token as it lands in the pinned buffer. `stop`
-        is called after each token is taken: True queues no more, and the queued steps still yield."""
-        events, slots = self._events, QUEUE_AHEAD + 1
+    def _queue(self, step, n: int, stop=None, ahead: int = QUEUE_AHEAD) -> Iterator[int]:
+        """Run `step` (a graph's replay) n times, `ahead` steps ahead of the host (fewer than the ring's
+        slots). The first steps are queued now; the iterator returned yields each step's token as it
+        lands in the pinned ring. `stop` is called after each token is taken: True queues no more, and
+        the queued steps still yield. Without a GPU (the interpreter) the steps run as they are queued."""
+        events, slots = self._events, len(self._host_slots)
         host, token0 = self._host_token_np, self._token0
 
-        def enqueue(step: int):
-            graph.replay()
-            self._host_slots[step % slots].copy_(token0, non_blocking=True)
-            events[step % slots].record()
+        def enqueue(i: int):
+            step()
+            self._host_slots[i % slots].copy_(token0, non_blocking=events is not None)
+            if events is not None:
+                events[i % slots].record()
 
-        queued = min(QUEUE_AHEAD, n)
-        for step in range(queued):
-            enqueue(step)
+        queued = min(ahead, n)
+        for i in range(queued):
+            enqueue(i)
 
         def tokens():
             nonlocal n, queued
-            step = 0
-            while step < n:
-                events[step % slots].synchronize()
-                token = int(host[step % slots])
+            i = 0
+            while i < n:
+                if events is not None:
+                    events[i % slots].synchronize()
+                token = int(host[i % slots])
                 if queued < n:
                     enqueue(queued)
                     queued += 1
                 yield token
-                step += 1
-                if stop is not None and step < n and stop():
+                i += 1
+                if stop is not None and i < n and stop():
                     n = queued
         return tokens()
 
     def _drain(self):
         """Wait for every queued step, so the buffers can be reused."""
-        done = self._events[-1]
-        done.record()
-        done.synchronize()
+        if self._events is not None:
+            done = self._events[-1]
+            done.record()
+            done.synchronize()
 
     # ---- speculative decoding (the verify graphs live in verify_graph.py) ----
     def verify(self, tokens: list[int], start: int) -> torch.Tensor:
@@ -236,7 +245,7 @@ class GraphRunner(ReferenceRunner):
         graph = self._graph(sampling)
         done = 0
         try:
-            for token in self._queue(graph, n, stop):
+            for token in self._queue(graph.replay, n, stop):
                 done += 1
                 yield token
         finally:

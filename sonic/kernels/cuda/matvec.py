@@ -103,7 +103,7 @@ FILL_BLOCKS = 264  # two blocks on each of an H100's or H200's 132 SMs
 def ksplit(N: int, K: int) -> int:
     """Blocks (one cluster) per tile: two where a tile's K is long (more than X_EARLY_MAX_K) and the
     tiles too few to fill the GPU twice over, so that a tile of 16 rows streams from two SMs. Timed on
-    an H200: llama-3.2-1b's down projection 27 -> 16 us; shorter K lost time to the clusters' syncs.
+    an H200: llama-3.2-1b's down projection 17.9 -> 14.2 us; shorter K lost time to the clusters' syncs.
     A function of the shape alone: every M splits the same way (bit-identical rows)."""
     return 2 if K > X_EARLY_MAX_K and num_tiles(N) * 2 <= FILL_BLOCKS else 1
 
