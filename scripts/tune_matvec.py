@@ -3,10 +3,12 @@
 Each candidate runs as a CUDA graph of LAYERS calls over distinct weights (far more bytes than L2
 holds), so the figure is what a decode step sees: µs per call and GB/s of weight read.
 Usage: python scripts/tune_matvec.py [preset ...]; prints the best configs per shape, current one marked.
+TUNE_JSON=path also writes every timing (µs and GB/s per config per shape) there.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
 
@@ -78,6 +80,7 @@ def candidates(n, k, silu):
 
 
 def main(presets, only: str | None = None):
+    table = {}
     for name, (n, k, silu, norm) in {s: v for p in presets for s, v in shapes(p).items()}.items():
         if only and only != name:
             continue
@@ -95,12 +98,19 @@ def main(presets, only: str | None = None):
         if COMPILE_ONLY:
             continue
         results.sort(key=lambda r: r[0])
+        table[name] = {"N": n, "K": k, "silu_mul": silu, "MB": round(mb, 2),
+                       "current": [base.block_n, base.block_k, base.num_warps, base.num_stages],
+                       "us": [[cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages, round(us, 3)]
+                              for us, cfg in results]}
         print(f"\n{name}: N={n} K={k} {mb:.1f} MB; current {results.index(next(r for r in results if r[1] == base))}"
               f" of {len(results)}")
         for us, cfg in results[:6] + [r for r in results if r[1] == base]:
             mark = " <- current" if cfg == base else ""
             print(f"  {us:8.2f} us {mb * 1e3 / us:7.0f} GB/s  bn={cfg.block_n:<3} bk={cfg.block_k:<5}"
                   f" warps={cfg.num_warps} stages={cfg.num_stages}{mark}")
+    if os.environ.get("TUNE_JSON") and not COMPILE_ONLY:
+        with open(os.environ["TUNE_JSON"], "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "layers_per_graph": LAYERS, "shapes": table}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ def test_config_fills_the_gpu(m, n, k, silu):
     if n >= 32768:
         assert num_tiles(n, matvec_config(m, n, k, argmax=True)) <= MAX_ARGMAX_TILES
     programs = -(-n // (cfg.block_n * cfg.group))
-    assert programs >= min(2 * 132, -(-n // cfg.block_n))  # many programs per SM hide the latency
+    assert programs >= min(132, -(-n // cfg.block_n))  # a program per SM at least
 
 
 @pytest.mark.parametrize("n,k,silu", SHAPES)

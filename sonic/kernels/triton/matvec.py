@@ -50,19 +50,24 @@ def block_rows(m: int) -> int:
 
 def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, elem_bytes: int = 2,
                   argmax: bool = False) -> MatvecConfig:
-    """Block sizes for M rows, N output columns (I for silu_mul) and K inputs (M = 1 timed on an H100
-    with scripts/tune_matvec.py).
+    """Block sizes for M rows, N output columns (I for silu_mul) and K inputs (M = 1 timed on an H200
+    with scripts/tune_matvec.py: bench/results/2026-12-02-h200-matvec-tune.json).
 
-    Each program streams whole rows, K in steps of up to 2048, with about 8 KB of weights per step
-    (16 KB for the huge LM head): small tiles give many programs per SM to hide latency. With `argmax`
-    (the LM head), tiles stay wide enough that the per-tile partials are few.
+    Each program streams whole rows, K in steps of up to 2048, with up to 32 KB of weights per step where
+    rows are no longer than the output (QKV, O, gate/up), 16 KB for the huge LM head and for many long rows
+    (llama-3.1-8b's down), 8 KB for other long rows (small tiles, many programs), and never fewer programs
+    than SMs. With `argmax` (the LM head), tiles stay wide enough that the per-tile partials are few.
     BLOCK_K and the warps depend on N and K only, never on M: they fix each row's summation order.
     M > 1 widens the tile (WIDE_ROWS) while the grid still fills the GPU twice over."""
     tiles = 2 if silu_mul else 1
     block_k = min(triton.next_power_of_2(K), 2048)
-    budget = _TILE_BYTES if N >= 32768 else _TILE_BYTES // 2
+    if N >= 32768 or (K > N and N >= 4096):
+        budget = _TILE_BYTES
+    else:
+        budget = 2 * _TILE_BYTES if K <= N else _TILE_BYTES // 2
     block_n = 1
-    while block_n * 2 * min(K, block_k) * elem_bytes * tiles <= budget:
+    while (block_n * 2 * min(K, block_k) * elem_bytes * tiles <= budget
+           and triton.cdiv(N, 2 * block_n) >= _H100_SMS):
         block_n *= 2
     if argmax:
         block_n = max(block_n, triton.next_power_of_2(triton.cdiv(N, MAX_ARGMAX_TILES)))
