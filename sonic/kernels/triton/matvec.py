@@ -320,7 +320,7 @@ def fused_matvec(x, w, out, *, norm_weight=None, eps=1e-6, bias=None, residual=N
         X_GATHER=x_gather, RES_GATHER=index is not None and not x_gather, SILU_MUL=silu_mul,
         ARGMAX=argmax_partials is not None, EVEN_K=k % cfg.block_k == 0,
         BLOCK_M=block_rows(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=cfg.group,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(w))
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(w, w.numel() * w.element_size()))
     return out
 
 

@@ -1,0 +1,22 @@
+"""Which launches may start before their predecessor ends (programmatic dependent launch)."""
+import torch
+
+from sonic.kernels.triton import pdl
+
+
+def test_long_streams_launch_after_their_predecessor(monkeypatch):
+    monkeypatch.setattr(pdl, "pdl_enabled", lambda t: True)
+    monkeypatch.delenv("SONIC_PDL_MAX_MB", raising=False)
+    t = torch.zeros(1)
+    assert pdl.launch_options(t) == {"USE_PDL": True, "launch_pdl": True}
+    assert pdl.launch_options(t, 100_000_000) == {"USE_PDL": True, "launch_pdl": True}
+    assert pdl.launch_options(t, 100_000_001) == {"USE_PDL": False}
+    monkeypatch.setenv("SONIC_PDL_MAX_MB", "500")
+    assert pdl.launch_options(t, 400_000_000)["USE_PDL"]
+    assert not pdl.launch_options(t, 600_000_000)["USE_PDL"]
+
+
+def test_off_on_the_cpu_and_when_switched_off(monkeypatch):
+    assert pdl.launch_options(torch.zeros(1)) == {"USE_PDL": False}
+    monkeypatch.setenv("SONIC_PDL", "0")
+    assert not pdl.pdl_enabled(torch.zeros(1))
