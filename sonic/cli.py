@@ -18,7 +18,7 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def add_model_args(p: argparse.ArgumentParser):
+def add_model_args(p: argparse.ArgumentParser, tp_note: str = ""):
     p.add_argument("--model", metavar="PATH", help="Hugging Face model folder or .gguf file "
                    "(default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -28,12 +28,12 @@ def add_model_args(p: argparse.ArgumentParser):
                    help="decode path: graph (fused kernels + CUDA graph), mono (one persistent CUDA kernel "
                         "for greedy decoding), ref (eager PyTorch); auto = graph on cuda, ref on cpu "
                         "(with --tp: ref, or graph on GPUs)")
-    add_tp_arg(p)
+    add_tp_arg(p, tp_note)
 
 
-def add_tp_arg(p: argparse.ArgumentParser):
+def add_tp_arg(p: argparse.ArgumentParser, note: str = ""):
     p.add_argument("--tp", type=int, default=1, metavar="N",
-                   help="tensor parallel over N devices, one process each (default: 1)")
+                   help=f"tensor parallel over N devices, one process each{note} (default: 1)")
     p.add_argument("--tp-allreduce", default="ordered", choices=["ordered", "native", "one-shot"],
                    help="with --tp: ordered (torch.distributed, summed in rank order: the same bits on every "
                         "rank), native (NCCL's own) or one-shot (one kernel over NVLink) (default: ordered)")
@@ -82,7 +82,7 @@ def build_parser() -> ArgumentParser:
     add_spec_args(chat)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a live playground")
-    add_model_args(serve)
+    add_model_args(serve, "; requests are then served one at a time (no batching, no logprobs)")
     from sonic.server.cli import add_serve_args  # flags only: the server itself loads on use
     add_serve_args(serve)
     add_spec_args(serve)
@@ -93,8 +93,10 @@ def build_parser() -> ArgumentParser:
     src.add_argument("--model", metavar="PATH", help="Hugging Face folder or .gguf file")
     bench.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     bench.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    bench.add_argument("--runner", default="auto", help="runner to measure (auto = graph on cuda)")
-    add_tp_arg(bench)
+    bench.add_argument("--runner", default="auto",
+                       help="runner to measure (auto = graph on cuda; with --tp, the runner of each rank: ref, or graph on GPUs)")
+    add_tp_arg(bench, ": one request's decode on N ranks, each rank's bytes per token and the all-reduce "
+                      "time measured on the same ranks (not with --compare, --profile, --verify-cost, --tasks)")
     bench.add_argument("--compare", action="append", default=[], metavar="RUNNER",
                        help="also measure this runner, e.g. ref (repeatable)")
     bench.add_argument("--prompt-tokens", type=int, default=128)
@@ -147,12 +149,6 @@ def load_engine(args):
                        tp=args.tp, tp_allreduce=args.tp_allreduce)
 
 
-def refuse_tp(args, command: str):
-    if args.tp != 1:
-        raise SonicError(f"sonic {command} is not supported yet with --tp {args.tp}: "
-                         f"use sonic generate or sonic chat with --tp, or drop --tp")
-
-
 def messages_for(prompt: str, system: str | None) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
@@ -189,7 +185,9 @@ def cmd_chat(args) -> int:
 
 def cmd_bench(args) -> int:
     from sonic.bench.run import format_table, result_path, run_bench, write_json
-    refuse_tp(args, "bench")
+    if args.tp != 1:
+        from sonic.bench.tp import check_tp_bench
+        check_tp_bench(args)
     if args.tasks:
         return cmd_bench_tasks(args)
     if args.preset is None and args.model is None:
@@ -204,18 +202,24 @@ def cmd_bench(args) -> int:
         raise SonicError(f"--verify-cost {args.verify_cost}: use 1 to {MAX_QUERY_TOKENS} (0 = off)")
     if args.context is not None and args.context <= args.output_tokens:
         raise SonicError(f"--context {args.context} must exceed --output-tokens {args.output_tokens}")
-    from sonic.engine.generate import resolve_runner
-    args.runner = resolve_runner(args.runner, args.device)
-    if args.profile and "mono" not in [args.runner, *args.compare]:
-        raise SonicError("--profile times the monokernel's instructions: add --runner mono (or --compare mono)")
-    report = run_bench(args)
+    if args.tp != 1:
+        from sonic.bench.tp import format_tp_table, run_tp_bench
+        report = run_tp_bench(args)
+        table = format_tp_table(report)
+    else:
+        from sonic.engine.generate import resolve_runner
+        args.runner = resolve_runner(args.runner, args.device)
+        if args.profile and "mono" not in [args.runner, *args.compare]:
+            raise SonicError("--profile times the monokernel's instructions: add --runner mono (or --compare mono)")
+        report = run_bench(args)
+        table = format_table(report)
     if args.json is not None:
         sys.stderr.write(f"wrote {write_json(report, args.json or None)}\n")
     if args.plot is not None:
         from sonic.bench.plot import plot_report
         png = args.plot or result_path(report).with_suffix(".png")
         sys.stderr.write(f"wrote {plot_report(report, png)}\n")
-    print(format_table(report))
+    print(table)
     return 0
 
 
@@ -243,7 +247,6 @@ def cmd_bench_tasks(args) -> int:
 
 def cmd_serve(args) -> int:
     from sonic.server.cli import serve
-    refuse_tp(args, "serve")
     return serve(args)
 
 

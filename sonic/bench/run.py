@@ -27,8 +27,36 @@ def build_model(preset: str | None, model: str | None, device: str, dtype: torch
         return build(config, random_state_dict(config, seed, dtype, device), dtype, device), preset
     from sonic.weights.loader import load_weights
     loaded = load_weights(model, dtype, device, with_tokenizer=False)
-    name = loaded.source.stem if loaded.source.is_file() else loaded.source.name
-    return build(loaded.config, loaded.state_dict, dtype, device), name
+    return build(loaded.config, loaded.state_dict, dtype, device), source_name(loaded.source)
+
+
+def source_name(source: Path) -> str:
+    """What a report calls a model loaded from a path: the .gguf file's stem or the folder's name."""
+    return source.stem if source.is_file() else source.name
+
+
+def bench_prompt(vocab_size: int, args) -> list[int]:
+    """Seeded random token ids: --prompt-tokens of them, or CONTEXT - output tokens with --context."""
+    prompt_len = args.context - args.output_tokens if args.context else args.prompt_tokens
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (prompt_len,), generator=gen).tolist()
+
+
+def mean_context(prompt: list[int], args) -> float:
+    """The KV cache's average length over the timed decode, which sets its bytes per token."""
+    return len(prompt) + args.output_tokens / 2
+
+
+def token_bytes(config, context: float, bytes_per_elem: int) -> dict:
+    """Bytes one device reads per decode step of the whole (unsharded) model."""
+    weights = weight_bytes_per_token(config, bytes_per_elem)
+    kv = kv_bytes_per_token(config, context, bytes_per_elem)
+    return {"weight_bytes_per_token": weights, "kv_bytes_per_token": kv, "bytes_per_token": weights + kv}
+
+
+def pct_of_bandwidth(bytes_per_token: float, ms_per_token: float, bandwidth: float) -> float:
+    """The share of `bandwidth` that reading `bytes_per_token` every `ms_per_token` uses, in percent."""
+    return 100 * bytes_per_token / (ms_per_token / 1e3) / bandwidth
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -58,25 +86,28 @@ def time_decode(runner, prompt: list[int], output_tokens: int, repeats: int,
     }
 
 
-def bench_runner(name: str, model, prompt: list[int], args, bandwidth: float) -> dict:
-    from sonic.engine.runners import make_runner
-    runner = make_runner(name, model)
+def decode_result(runner, name: str, prompt: list[int], args) -> dict:
+    """The timed decode of one request on `runner`, as a report's result (before its byte counts)."""
     result = {"runner": name, "prompt_tokens": len(prompt), "output_tokens": args.output_tokens}
     sampling = bench_sampling(args)
     if not sampling.greedy:
         result["sampling"] = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}
     result.update(time_decode(runner, prompt, args.output_tokens, args.repeats, sampling))
+    return result
+
+
+def bench_runner(name: str, model, prompt: list[int], args, bandwidth: float) -> dict:
+    from sonic.engine.runners import make_runner
+    runner = make_runner(name, model)
+    result = decode_result(runner, name, prompt, args)
     if getattr(args, "verify_cost", 0) and hasattr(runner, "verify_argmax"):
         result["verify_cost"] = verify_cost(runner, args.verify_cost)
     if getattr(args, "profile", False) and hasattr(runner, "profile"):
         result["profile"] = runner.profile(prompt, args.output_tokens)
     elem = model.model.embed_tokens.weight.element_size()
-    weights = weight_bytes_per_token(model.config, elem)
-    kv = kv_bytes_per_token(model.config, len(prompt) + args.output_tokens / 2, elem)
-    result.update({"weight_bytes_per_token": weights, "kv_bytes_per_token": kv,
-                   "bytes_per_token": weights + kv,
-                   "ceiling_tok_s": bandwidth / (weights + kv),
-                   "pct_of_ceiling": 100 * (weights + kv) / (result["ms_per_token"] / 1e3) / bandwidth})
+    result.update(token_bytes(model.config, mean_context(prompt, args), elem))
+    result.update({"ceiling_tok_s": bandwidth / result["bytes_per_token"],
+                   "pct_of_ceiling": pct_of_bandwidth(result["bytes_per_token"], result["ms_per_token"], bandwidth)})
     del runner
     return result
 
@@ -129,15 +160,17 @@ def run_bench(args) -> dict:
     dtype = getattr(torch, resolve_dtype(args.dtype, device))
     bandwidth = measure_read_bandwidth(device)
     model, name = build_model(args.preset, args.model, device, dtype)
-    prompt_len = args.context - args.output_tokens if args.context else args.prompt_tokens
-    gen = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).tolist()
+    prompt = bench_prompt(model.config.vocab_size, args)
     runners = [args.runner] + [r for r in args.compare if r != args.runner]
     results = [bench_runner(r, model, prompt, args, bandwidth) for r in runners]
     return {**report_header(name, device, dtype),
-            "bandwidth_GBps": bandwidth / 1e9, "context": prompt_len + args.output_tokens,
-            "options": {"SONIC_PDL": pdl_setting(), "SONIC_MATVEC": matvec_setting()},
-            "results": results}
+            "bandwidth_GBps": bandwidth / 1e9, "context": len(prompt) + args.output_tokens,
+            "options": report_options(), "results": results}
+
+
+def report_options() -> dict:
+    """The environment settings that change the fused kernels' speed."""
+    return {"SONIC_PDL": pdl_setting(), "SONIC_MATVEC": matvec_setting()}
 
 
 def report_header(model: str, device: str, dtype: torch.dtype) -> dict:
@@ -176,8 +209,9 @@ def format_table(report: dict) -> str:
 
 def result_path(report: dict, folder: str | Path = "bench/results", suffix: str | None = None) -> Path:
     device = report["device"].lower().replace("nvidia ", "").replace(" ", "-")
-    if suffix is None:
-        suffix = f"-ctx{report['context']}" if report["context"] > 1024 else ""
+    if suffix is None:  # a tensor-parallel run must not overwrite the one-device result of the same model
+        suffix = (f"-tp{report['tp']}" if report.get("tp", 1) > 1 else "") + \
+            (f"-ctx{report['context']}" if report["context"] > 1024 else "")
     return Path(folder) / f"{report['date']}-{device}-{report['model']}{suffix}.json"
 
 

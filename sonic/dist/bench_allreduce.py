@@ -43,6 +43,14 @@ def time_calls(comm, x: torch.Tensor, calls: int, repeats: int) -> float:
     return statistics.median(samples)
 
 
+def time_size(comm, size: int, dtype: str, calls: int, repeats: int, device) -> float:
+    """Median microseconds per all-reduce of `size` random values of `dtype` (every rank must call it)."""
+    x = torch.randn(size, device=device).to(getattr(torch, dtype))
+    us = time_calls(comm, x, calls, repeats)
+    comm.check()
+    return us
+
+
 def bench_rank(rank: int, world: int, port: int, device: str, names: list[str], sizes: list[int],
                dtype: str, calls: int, repeats: int) -> dict:
     if device == "cuda":
@@ -53,9 +61,7 @@ def bench_rank(rank: int, world: int, port: int, device: str, names: list[str], 
     for name in names:
         comm = make_communicator(name)
         for size in sizes:
-            x = torch.randn(size, device=device).to(getattr(torch, dtype))
-            out[name, size] = time_calls(comm, x, calls, repeats)
-        comm.check()
+            out[name, size] = time_size(comm, size, dtype, calls, repeats, device)
     return out
 
 

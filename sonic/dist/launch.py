@@ -34,10 +34,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_tp_request(model: str | None, world: int, device: str, allreduce: str = "ordered", runner: str = "ref"):
+def tp_options(model: str | None, world: int, device: str, runner: str = "auto", allreduce: str = "ordered",
+               spec=None, preset: str | None = None) -> tuple[str, str]:
+    """(device, per-rank runner) of a tensor-parallel engine, or the user error; nothing starts. Every
+    command that takes --tp checks this before its slow work."""
+    from sonic.engine.generate import resolve_device
+    device = resolve_device(device)
+    if runner not in ("auto", "ref", "graph"):
+        raise SonicError(f"--runner {runner} is not supported with --tp: use ref (the default) or graph")
+    # auto stays on the reference path per rank: the fused path over shards is opt-in (--runner graph).
+    runner = "ref" if runner == "auto" else runner
+    if spec is not None and spec.on:
+        raise SonicError("--speculative is not supported yet with --tp: drop one of them")
+    check_tp_request(model, world, device, allreduce, runner, preset)
+    return device, runner
+
+
+def check_tp_request(model: str | None, world: int, device: str, allreduce: str = "ordered", runner: str = "ref",
+                     preset: str | None = None):
     """User errors before anything starts: a bad count, too few GPUs, a model that does not split."""
     from sonic.dist.allreduce import COMMUNICATORS
     from sonic.dist.tp import check_tp
+    from sonic.presets import get_preset
     from sonic.spec.draft import model_config
     if world < 1:
         raise SonicError(f"invalid --tp {world}: use 1 (one device) or more")
@@ -50,7 +68,7 @@ def check_tp_request(model: str | None, world: int, device: str, allreduce: str 
     if device.startswith("cuda") and world > torch.cuda.device_count():
         raise SonicError(f"--tp {world} needs {world} GPUs but {torch.cuda.device_count()} are visible: "
                          f"lower --tp or check CUDA_VISIBLE_DEVICES")
-    check_tp(model_config(model), world)
+    check_tp(get_preset(preset) if preset is not None else model_config(model), world)
 
 
 @contextmanager
@@ -82,12 +100,13 @@ class TPRunner:
 
     @classmethod
     def start(cls, model: str | None, world: int, device: str, dtype: str,
-              timeout_s: float = DEFAULT_TIMEOUT_S, allreduce: str = "ordered", runner: str = "ref"):
+              timeout_s: float = DEFAULT_TIMEOUT_S, allreduce: str = "ordered", runner: str = "ref",
+              preset: str | None = None):
         """Spawn ranks 1..N-1, load rank 0 alongside them, join. Returns (runner, loaded weights)."""
         if dist.is_initialized():
             raise SonicError("this process already runs a tensor-parallel engine: close it before loading another")
         os.environ.update(NO_MULTICAST_ENV)  # inherited by the workers, before any communicator exists
-        options = WorkerOptions(model, world, free_port(), device, dtype, timeout_s, allreduce, runner)
+        options = WorkerOptions(model, world, free_port(), device, dtype, timeout_s, allreduce, runner, preset)
         ctx = torch.multiprocessing.get_context("spawn")
         commands = [ctx.Pipe(duplex=False) for _ in range(1, world)]  # (worker's end, ours)
         results = [ctx.Pipe(duplex=False) for _ in range(1, world)]   # (ours, worker's end)
@@ -141,17 +160,30 @@ class TPRunner:
         return None
 
     # ---- requests ----
-    def generate(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams) -> Iterator[int]:
+    def time_allreduce(self, size: int, dtype: str, calls: int, repeats: int) -> float:
+        """Median microseconds per all-reduce of `size` values, timed on every rank at once through the
+        engine's own communicator (between requests); rank 0's figure."""
+        from sonic.dist.bench_allreduce import time_size
+        self._send_all(("time_allreduce", size, dtype, calls, repeats))
+        try:
+            return time_size(self.shard.comm, size, dtype, calls, repeats, self.shard.device)
+        except CollectiveError:
+            raise SonicError(self._fail()) from None
+
+    def _send_all(self, command: tuple):
         if self.failed or self.closed:
             raise SonicError(self.failed or "the tensor-parallel workers are stopped: start sonic again")
+        try:
+            for conn in self.commands:
+                conn.send(command)
+        except OSError:  # a worker is gone
+            raise SonicError(self._fail()) from None
+
+    def generate(self, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams) -> Iterator[int]:
         if not sampling.greedy and sampling.seed is None:
             # Every rank draws the same noise, so rank 0 picks the seed for all of them.
             sampling = replace(sampling, seed=random.SystemRandom().randrange(2**63))
-        try:
-            for conn in self.commands:
-                conn.send(("generate", list(prompt_ids), max_tokens, sampling))
-        except OSError:  # a worker is gone
-            raise SonicError(self._fail()) from None
+        self._send_all(("generate", list(prompt_ids), max_tokens, sampling))
         steps = self.shard.generate(prompt_ids, max_tokens, sampling, self._keep_going)
         produced = 0
         try:

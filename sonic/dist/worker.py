@@ -27,6 +27,7 @@ class WorkerOptions:
     timeout_s: float
     allreduce: str = "ordered"
     runner: str = "ref"  # ref: the reference model per rank; graph: the fused kernels, one CUDA graph a step
+    preset: str | None = None  # random weights of this named shape instead of `model` (benchmarks)
 
 
 def rank_device(device: str, rank: int) -> str:
@@ -39,11 +40,19 @@ def split_threads(world: int):
 
 
 def load_state(options: WorkerOptions, rank: int, with_tokenizer: bool):
-    from sonic.weights.loader import load_weights
+    from sonic.weights.loader import LoadedWeights, load_weights
     device = rank_device(options.device, rank)
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
-    return load_weights(options.model, getattr(torch, options.dtype), device, with_tokenizer=with_tokenizer)
+    dtype = getattr(torch, options.dtype)
+    if options.preset is not None:  # seeded: every rank draws the same full weights, then keeps its shard
+        from pathlib import Path
+
+        from sonic.presets import get_preset
+        from sonic.weights.random import random_state_dict
+        config = get_preset(options.preset)
+        return LoadedWeights(config, random_state_dict(config, 0, dtype, device), None, Path(options.preset))
+    return load_weights(options.model, dtype, device, with_tokenizer=with_tokenizer)
 
 
 def join_and_build(options: WorkerOptions, rank: int, loaded):
@@ -108,6 +117,10 @@ def follow(runner, commands):
             return
         if command[0] == "exit":
             return
+        if command[0] == "time_allreduce":  # rank 0 times the same calls; its figure is the one reported
+            from sonic.dist.bench_allreduce import time_size
+            time_size(runner.comm, *command[1:], device=runner.device)
+            continue
         _, ids, max_tokens, sampling = command
         for _ in runner.generate(ids, max_tokens, sampling, keep_going):
             pass

@@ -99,21 +99,15 @@ class Engine:
 
     @classmethod
     def load_tp(cls, model, device, dtype, runner, spec, tp: int, timeout_s: float | None,
-                allreduce: str = "ordered") -> "Engine":
-        """`tp` ranks, one process each; this process is rank 0 (see sonic/dist/launch.py)."""
-        from sonic.dist.launch import DEFAULT_TIMEOUT_S, TPRunner, check_tp_request
+                allreduce: str = "ordered", preset: str | None = None) -> "Engine":
+        """`tp` ranks, one process each; this process is rank 0 (see sonic/dist/launch.py). With
+        `preset`, random weights of that shape (no tokenizer), as `sonic bench --preset` uses."""
+        from sonic.dist.launch import DEFAULT_TIMEOUT_S, TPRunner, tp_options
 
-        device = resolve_device(device)
-        if runner not in ("auto", "ref", "graph"):
-            raise SonicError(f"--runner {runner} is not supported with --tp: use ref (the default) or graph")
-        # auto stays on the reference path per rank: the fused path over shards is opt-in (--runner graph).
-        runner = "ref" if runner == "auto" else runner
-        if spec is not None and spec.on:
-            raise SonicError("--speculative is not supported yet with --tp: drop one of them")
-        check_tp_request(model, tp, device, allreduce, runner)  # before any process starts
+        device, runner = tp_options(model, tp, device, runner, allreduce, spec, preset)  # before any process starts
         ecfg = EngineConfig(device=device, dtype=resolve_dtype(dtype, device), runner="tp")
         tp_runner, loaded = TPRunner.start(model, tp, device, ecfg.dtype, timeout_s or DEFAULT_TIMEOUT_S,
-                                           allreduce, runner)
+                                           allreduce, runner, preset)
         return cls(loaded.config, tp_runner, loaded.tokenizer, ecfg)
 
     def close(self):

@@ -120,9 +120,7 @@ class Scheduler:
 
     def step(self):
         """One iteration: housekeeping, one prefill chunk, one decode step."""
-        with self._wake:
-            self.waiting.extend(self._inbox)
-            self._inbox.clear()
+        self._take_inbox()
         self._drop_aborted()
         if self.runner.has_room and self.waiting:
             self._admit(self.waiting.popleft())
@@ -133,13 +131,23 @@ class Scheduler:
             self._guarded(None, self._decode)
 
     def _admit(self, request: Request):
+        seq = self._new_sequence(request, self.runner.device)
+        if seq is not None:
+            seq.slot = self.runner.open(owner=seq)
+            self.filling = seq
+
+    def _new_sequence(self, request: Request, device) -> Sequence | None:
+        """The request's sequence, or None once the request has heard why it cannot start."""
         try:
-            seq = Sequence(request, None, self.tokenizer, self.runner.device)
+            return Sequence(request, None, self.tokenizer, device)
         except Exception as e:  # noqa: BLE001 - e.g. a seed the generator refuses
-            self._never_started(request, "error")
-            return _send(request, Failed(400, f"cannot start this request: {e}"))
-        seq.slot = self.runner.open(owner=seq)
-        self.filling = seq
+            self._refuse(request, f"cannot start this request: {e}")
+            return None
+
+    def _refuse(self, request: Request, message: str):
+        """A 400 for a request that never started."""
+        self._never_started(request, "error")
+        _send(request, Failed(400, message))
 
     def _guarded(self, seqs: list[Sequence] | None, work: Callable, *args):
         """An engine failure ends the requests it touched (None: all running) with a 500; the loop goes on."""
@@ -150,11 +158,15 @@ class Scheduler:
             self._fail_running(e, seqs)
 
     def _fail_running(self, error: Exception, seqs=None):
+        event = self._failure(error)
         for seq in seqs or self._sequences():
             if not seq.ended:
                 self._end(seq, "error")
-                _send(seq.request, Failed(500, f"the engine failed on this request ({type(error).__name__}: "
-                                               f"{error}); the server is still running"))
+                _send(seq.request, event)
+
+    def _failure(self, error: Exception) -> Failed:
+        return Failed(500, f"the engine failed on this request ({type(error).__name__}: {error}); "
+                           "the server is still running")
 
     def _prefill_chunk(self, seq: Sequence):
         req = seq.request
@@ -246,12 +258,20 @@ class Scheduler:
     def _end(self, seq: Sequence, reason: str):
         """Free the sequence's cache row; `reason` (stop, length, abort, error) goes to on_finish."""
         seq.ended = True
-        if self.filling is seq:
-            self.filling = None
-        self.runner.release(seq.slot)
+        self._release(seq)
         seq.stats.finish_reason = reason
         if self.on_finish is not None:
             self.on_finish(seq.request, seq.stats, reason)
+
+    def _release(self, seq: Sequence):
+        if self.filling is seq:
+            self.filling = None
+        self.runner.release(seq.slot)
+
+    def _take_inbox(self):
+        with self._wake:
+            self.waiting.extend(self._inbox)
+            self._inbox.clear()
 
     def _drop_aborted(self):
         for seq in self._sequences():
@@ -282,9 +302,7 @@ class Scheduler:
         for seq in self._sequences():
             self._end(seq, "error")
             _send(seq.request, event)
-        with self._wake:
-            self.waiting.extend(self._inbox)
-            self._inbox.clear()
+        self._take_inbox()
         while self.waiting:
             request = self.waiting.popleft()
             self._never_started(request, "error")

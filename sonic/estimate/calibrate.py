@@ -2,7 +2,9 @@
 
 Each run gives one equation, linear in the unknowns 1/mbu, overhead_us and (when some runs used several
 GPUs) allreduce_us; least squares on the relative error weighs small and large models alike.
-A result's `bytes_per_token` is per GPU; its GPU count is `gpus` (1 when absent).
+A result's `bytes_per_token` is per GPU; its GPU count is `gpus` (1 when absent). A tensor-parallel
+report (`sonic bench --tp N`) gives its count as `tp` and each rank's bytes under `ranks`: the busiest
+rank's are the GPU's.
 """
 from __future__ import annotations
 
@@ -58,8 +60,9 @@ def load_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
             if r.get("runner") != RUNNER:
                 skipped.append(f"{path.name}: runner '{r.get('runner')}' (only {RUNNER} runs are fitted)")
                 continue
-            runs.append(Run(path.stem, gpu, int(report.get("gpus", 1)), shape.num_layers,
-                            shape.hidden_size, r["bytes_per_token"], r["ms_per_token"]))
+            per_gpu = max(rank["bytes_per_token"] for rank in r["ranks"]) if r.get("ranks") else r["bytes_per_token"]
+            runs.append(Run(path.stem, gpu, int(report.get("tp", report.get("gpus", 1))), shape.num_layers,
+                            shape.hidden_size, per_gpu, r["ms_per_token"]))
     return runs, skipped
 
 

@@ -30,6 +30,8 @@ def add_estimate_parser(sub) -> argparse.ArgumentParser:
                    help=f"fixed time per layer in microseconds (default {CALIBRATED.overhead_us:.1f}, calibrated)")
     p.add_argument("--allreduce-us", type=float,
                    help=f"latency of one all-reduce in microseconds (default {CALIBRATED.allreduce_us:.1f})")
+    p.add_argument("--allreduce-from", metavar="JSON",
+                   help="take the all-reduce latency that `sonic bench --tp N --json` measured, from its report")
     p.add_argument("--table", action="store_true", help="tok/s for each GPU type and count")
     p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                    help="draw tok/s against GPU count (default file: MODEL-estimate.png)")
@@ -41,6 +43,13 @@ def add_estimate_parser(sub) -> argparse.ArgumentParser:
 
 def calibration_from(args) -> Calibration:
     changes = {"mbu": args.mbu, "overhead_us": args.overhead_us, "allreduce_us": args.allreduce_us}
+    if getattr(args, "allreduce_from", None):
+        if args.allreduce_us is not None:
+            raise SonicError("give --allreduce-us or --allreduce-from, not both")
+        from sonic.estimate.measured import measured_allreduce
+        changes["allreduce_us"], where = measured_allreduce(args.allreduce_from)
+        sys.stderr.write(f"all-reduce {changes['allreduce_us']:.1f} us, as measured in {args.allreduce_from} "
+                         f"({where})\n")
     if args.mbu is not None and not 0 < args.mbu <= 1:
         raise SonicError(f"--mbu {args.mbu} must be a share of the bandwidth, above 0 and at most 1")
     for flag in ("overhead_us", "allreduce_us"):

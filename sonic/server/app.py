@@ -126,9 +126,10 @@ def _load(state: ServerState, on_load_error):
 def _add_info_routes(app: FastAPI, state: ServerState):
     @app.get("/health")
     async def health():
-        if state.draining or state.load_error or not state.ready:
-            status = "draining" if state.draining else "error" if state.load_error else "loading"
-            return JSONResponse({"status": status, "message": state.load_error}, status_code=503)
+        failure = state.load_error or state.engine_failure
+        if state.draining or failure or not state.ready:
+            status = "draining" if state.draining else "error" if failure else "loading"
+            return JSONResponse({"status": status, "message": failure}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/v1/models")

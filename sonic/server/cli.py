@@ -20,7 +20,7 @@ def add_serve_args(p: argparse.ArgumentParser):
                    help="longest prompt + output in tokens (default: the model's context length)")
     p.add_argument("--max-concurrency", type=int, default=None, metavar="N",
                    help=f"requests decoding together; more wait in a queue (default: {DEFAULT_CONCURRENCY}, "
-                        "or 1 with --speculative)")
+                        "or 1 with --speculative or --tp)")
     p.add_argument("--api-key", default=os.environ.get("SONIC_API_KEY"), metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $SONIC_API_KEY, or none)")
     p.add_argument("--queue-timeout", type=float, default=60.0, metavar="S",
@@ -49,20 +49,29 @@ def settings_from_args(args):
 
 
 def check_speculation(args):
-    """Speculation decodes one request at a time: it sets the default concurrency to 1, and refuses more."""
+    """Speculation and tensor parallelism decode one request at a time: they set the default concurrency
+    to 1, and refuse more."""
     from sonic.cli import spec_from_args
     spec = spec_from_args(args)  # the flag checks `sonic generate` makes
+    tp = getattr(args, "tp", 1)
     if args.max_concurrency is None:
-        args.max_concurrency = 1 if spec.on else DEFAULT_CONCURRENCY
+        args.max_concurrency = 1 if spec.on or tp != 1 else DEFAULT_CONCURRENCY
+    elif tp != 1 and args.max_concurrency > 1:
+        raise SonicError(f"--tp {tp} serves one request at a time: use --max-concurrency 1 (others wait in the "
+                         f"queue), or drop --tp to batch {args.max_concurrency}")
     elif spec.on and args.max_concurrency > 1:
         raise SonicError(f"--speculative {spec.mode} decodes one request at a time: use --max-concurrency 1 "
                          f"(others wait in the queue), or drop --speculative to batch {args.max_concurrency}")
     return spec
 
 
-def serve_runner(args) -> str:
-    """The fused graph runner decodes one sequence at a time; batches of several take the reference path."""
+def serve_runner(args, spec=None) -> str:
+    """The fused graph runner decodes one sequence at a time; batches of several take the reference path.
+    With --tp, the per-rank runner, after every tensor-parallel check (nothing has started yet)."""
     from sonic.engine.generate import resolve_device, resolve_runner
+    if getattr(args, "tp", 1) != 1:
+        from sonic.dist.launch import tp_options
+        return tp_options(args.model, args.tp, args.device, args.runner, args.tp_allreduce, spec)[1]
     runner = resolve_runner(args.runner, resolve_device(args.device))
     if runner == "graph" and args.max_concurrency > 1:
         if args.runner == "graph":
@@ -99,7 +108,7 @@ def serve(args) -> int:
     if spec.draft_model:
         from sonic.spec.draft import check_draft
         check_draft(spec.draft_model, args.model)
-    args.runner = serve_runner(args)
+    args.runner = serve_runner(args, spec)
     sock = bind(settings.host, settings.port)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     state = ServerState(settings, lambda: load_engine(args), args.model)

@@ -44,8 +44,6 @@ class ServerState:
         self.draining = False
 
     def load(self):
-        from sonic.engine.graph_slot import make_batch_runner
-        from sonic.engine.scheduler import Scheduler
         from sonic.server.metrics import Metrics
 
         try:
@@ -58,22 +56,42 @@ class ServerState:
         self.model_name = self.model_name or model_id(self.model_path, engine)
         self.context_length = min(engine.config.max_position_embeddings, s.max_model_len or 1 << 62)
         self.metrics = Metrics(self.model_name)
-        runner = make_batch_runner(engine.runner, s.max_concurrency, self.context_length)
-        self.context_length = runner.max_len
-        self.scheduler = Scheduler(runner, tokenizer, engine.eos_ids, queue_timeout=s.queue_timeout,
-                                   prefill_chunk=s.prefill_chunk, on_finish=self.metrics.request_ended,
-                                   speculator=engine.speculator)
+        self.scheduler, concurrency, path = self._scheduler(engine, tokenizer)
         self.metrics.watch(self.scheduler)
         self.tokenizer, self.engine = tokenizer, engine
         self.scheduler.start()
         spec = engine.speculator
         log.info("serving %s (context %d, up to %d concurrent, %s decode path, speculative decoding %s)",
-                 self.model_name, self.context_length, s.max_concurrency, type(runner).__name__,
+                 self.model_name, self.context_length, concurrency, path,
                  f"with {spec.proposer.name}" if spec is not None else "off")
+
+    def _scheduler(self, engine, tokenizer):
+        """(scheduler, requests at once, decode path): batched where the runner can batch, else serial."""
+        from sonic.engine.serial_scheduler import SerialScheduler, needs_serial
+        s = self.settings
+        if needs_serial(engine.runner):
+            scheduler = SerialScheduler(engine, tokenizer, queue_timeout=s.queue_timeout,
+                                        on_finish=self.metrics.request_ended)
+            return scheduler, 1, scheduler.path
+        from sonic.engine.graph_slot import make_batch_runner
+        from sonic.engine.scheduler import Scheduler
+        runner = make_batch_runner(engine.runner, s.max_concurrency, self.context_length)
+        self.context_length = runner.max_len
+        scheduler = Scheduler(runner, tokenizer, engine.eos_ids, queue_timeout=s.queue_timeout,
+                              prefill_chunk=s.prefill_chunk, on_finish=self.metrics.request_ended,
+                              speculator=engine.speculator)
+        return scheduler, s.max_concurrency, type(runner).__name__
 
     def close(self):
         if self.scheduler is not None:
             self.scheduler.stop(self.settings.shutdown_timeout)
+        if self.engine is not None:
+            self.engine.close()  # stops tensor-parallel workers; other engines hold nothing to release
+
+    @property
+    def engine_failure(self) -> str | None:
+        """Why the loaded engine can serve no more requests (its tensor-parallel workers stopped), or None."""
+        return getattr(self.engine.runner, "failed", None) if self.engine is not None else None
 
     @property
     def ready(self) -> bool:
@@ -84,6 +102,8 @@ class ServerState:
             raise APIError(503, "the server is shutting down: try again later")
         if self.load_error:
             raise APIError(503, f"the model failed to load: {self.load_error}")
+        if self.engine_failure:
+            raise APIError(503, self.engine_failure)
         if not self.ready:
             raise APIError(503, "the model is still loading: retry when GET /health returns 200")
 

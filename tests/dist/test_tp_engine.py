@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from processes import children, running
 from sonic.cli import main
 from sonic.engine.generate import Engine
 from sonic.engine.sampling import SamplingParams
@@ -115,27 +116,6 @@ def test_cli_tp2_prints_what_tp1_prints(tiny_chat_model_dir, capsys):
     assert "tok/s" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def children(pid: int) -> list[int]:
-    """Processes whose parent is `pid`, from /proc (field 4 of stat, after the name in parentheses)."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry))
-        except (OSError, ValueError, IndexError):  # gone meanwhile
-            continue
-    return found
-
-
-def running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_ctrl_c_stops_rank0_and_its_workers(tiny_chat_model_dir):
     argv = ["generate", "Once", "--model", str(tiny_chat_model_dir), "--max-tokens", "480", "--raw", "--tp", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "sonic", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -175,12 +155,6 @@ def assert_user_error(capsys, argv, *words):
 ])
 def test_bad_tp_flags(tiny_chat_model_dir, capsys, flags, words):
     assert_user_error(capsys, ["generate", "hi", "--model", str(tiny_chat_model_dir), *flags], *words)
-
-
-@pytest.mark.parametrize("command", ["serve", "bench"])
-def test_serve_and_bench_refuse_tp(tiny_chat_model_dir, capsys, command):
-    assert_user_error(capsys, [command, "--model", str(tiny_chat_model_dir), "--tp", "2"],
-                      f"sonic {command} is not supported yet with --tp 2")
 
 
 def test_more_ranks_than_gpus(tiny_chat_model_dir, monkeypatch):
