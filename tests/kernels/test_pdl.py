@@ -1,6 +1,8 @@
 """Which launches may start before their predecessor ends (programmatic dependent launch)."""
+import pytest
 import torch
 
+from sonic.errors import SonicError
 from sonic.kernels.triton import pdl
 
 
@@ -20,3 +22,10 @@ def test_off_on_the_cpu_and_when_switched_off(monkeypatch):
     assert pdl.launch_options(torch.zeros(1)) == {"USE_PDL": False}
     monkeypatch.setenv("SONIC_PDL", "0")
     assert not pdl.pdl_enabled(torch.zeros(1))
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "nan"])
+def test_a_bad_limit_names_the_setting(monkeypatch, value):
+    monkeypatch.setenv("SONIC_PDL_MAX_MB", value)
+    with pytest.raises(SonicError, match="SONIC_PDL_MAX_MB"):
+        pdl.launch_options(torch.zeros(1), 1)

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sonic.errors import SonicError
+
 DEFAULT = "1"  # on: measured faster on an H100 (docs/benchmarks.md)
 # A kernel that streams more than this launches after its predecessor: early programs of a long stream
 # slowed it (llama-3.1-8b on an H200: 4192 us per step with PDL everywhere, 4017 without it past 100 MB,
@@ -35,9 +37,20 @@ def pdl_enabled(t: torch.Tensor) -> bool:
 def launch_options(t: torch.Tensor, stream_bytes: int = 0) -> dict:
     """Keyword arguments for a kernel launch on `t`'s device: the constexpr and the launch flag.
     `stream_bytes`: what the kernel reads; past SONIC_PDL_MAX_MB it launches after its predecessor."""
-    if stream_bytes > float(os.environ.get("SONIC_PDL_MAX_MB", DEFAULT_MAX_MB)) * 1e6:
+    if stream_bytes > max_stream_mb() * 1e6:
         return {"USE_PDL": False}
     return {"USE_PDL": True, "launch_pdl": True} if pdl_enabled(t) else {"USE_PDL": False}
+
+
+def max_stream_mb() -> float:
+    value = os.environ.get("SONIC_PDL_MAX_MB", DEFAULT_MAX_MB)
+    try:
+        mb = float(value)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:  # also refuses nan
+        raise SonicError(f"SONIC_PDL_MAX_MB={value!r} is not a size: set it to megabytes, e.g. 100, or unset it")
+    return mb
 
 
 @triton.jit
