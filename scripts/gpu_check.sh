@@ -4,6 +4,8 @@
 # TESTS: what pytest runs (default: the fused-path, verification, speculative and monokernel tests; "none" skips).
 # BENCH=0 skips the preset benchmarks; TASKS=1 adds speculation per task on the default model's weights;
 # SONIC_MATVEC=cuda runs everything on the tensor-core matvec. VERIFY_COST=M also times verifying 1..M tokens on the first preset; TASK_FLAGS adds flags to the task run.
+# RUNNERS="graph mono" times each preset on the first runner and compares the others in the same run.
+# Kernels built ahead (python -m sonic.mono.prebuild with SONIC_CACHE_DIR=.cuda_cache) are used from .cuda_cache/.
 # Wheels in .whl/ are installed first; the default model may arrive split in .model_part1/ and
 # .model_part2/ (see scripts/split_default_model.sh): the parts are joined and checked here.
 set -uo pipefail
@@ -14,6 +16,7 @@ mkdir -p "$OUT"
 presets=("$@")
 [ ${#presets[@]} -gt 0 ] || presets=(llama-3.2-1b smollm2-135m qwen3-1.7b llama-3.1-8b)
 
+[ -d .cuda_cache ] && export SONIC_CACHE_DIR=$PWD/.cuda_cache
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/site
@@ -42,11 +45,14 @@ bench() {  # name, then sonic bench flags
     || { echo "bench $name failed:"; tail -4 "/tmp/$name.err"; }
 }
 names=()
+read -ra runners <<< "${RUNNERS:-auto}"
+runner_flags=(--runner "${runners[0]}")
+for other in "${runners[@]:1}"; do runner_flags+=(--compare "$other"); done
 if [ "${BENCH:-1}" = 1 ]; then
   echo "== benchmarks"
-  bench "${presets[0]}" --preset "${presets[0]}" --repeats 3 --verify-cost "${VERIFY_COST:-0}"
-  for preset in "${presets[@]:1}"; do bench "$preset" --preset "$preset" --repeats 3; done
-  bench "${presets[0]}-ctx4096" --preset "${presets[0]}" --context 4096 --repeats 3
+  bench "${presets[0]}" --preset "${presets[0]}" "${runner_flags[@]}" --repeats 3 --verify-cost "${VERIFY_COST:-0}"
+  for preset in "${presets[@]:1}"; do bench "$preset" --preset "$preset" "${runner_flags[@]}" --repeats 3; done
+  bench "${presets[0]}-ctx4096" --preset "${presets[0]}" "${runner_flags[@]}" --context 4096 --repeats 3
   names+=("${presets[@]}" "${presets[0]}-ctx4096")
 fi
 if [ "${TASKS:-0}" = 1 ]; then

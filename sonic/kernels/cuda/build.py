@@ -63,7 +63,9 @@ def ptxas_report(source: str, arch: str = ARCH) -> str:
 def compile_cubin(source: str, arch: str = ARCH) -> bytes:
     """The cubin of `source` (which may include headers beside this file), from the cache or nvcc."""
     headers = "".join(p.read_text() for p in sorted(HERE.glob("*.cuh")))
-    key = hashlib.sha256((arch + "\0" + headers + "\0" + source + "\0" + " ".join(nvcc_flags(arch))).encode())
+    # The include path is left out of the key, so a cache built in one checkout serves another.
+    flags = " ".join(nvcc_flags(arch)).replace(str(HERE), "<sonic>")
+    key = hashlib.sha256((arch + "\0" + headers + "\0" + source + "\0" + flags).encode())
     target = cache_dir() / f"{key.hexdigest()[:24]}.cubin"
     if target.exists():
         return target.read_bytes()
