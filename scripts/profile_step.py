@@ -2,7 +2,8 @@
 time from the profiler, and ablations.
 
 Usage (on a GPU machine): python scripts/profile_step.py [preset ...]
-ABLATE=attn|norm|bn2|bn4 leaves a part out or changes it (the tokens are then wrong: timing only).
+ABLATE=attn|norm|bn2|bn4 leaves a part out or changes it (the tokens are then wrong: timing only);
+ABLATE=splitsN|bsN runs attention with N KV splits or N keys per tile (a timing A/B; tokens stay right).
 PROFILE_JSON=PATH writes the figures with device, date, commit and the measured read bandwidth.
 Under programmatic dependent launch a kernel's profiled time includes its wait for the previous one,
 so only whole-step times compare.
@@ -81,8 +82,12 @@ def ablate(what: str):
             return matvec.MatvecConfig(cfg.block_n * factor, cfg.block_k, cfg.num_warps, cfg.num_stages) \
                 if M == 1 else cfg
         matvec.matvec_config = wider
+    elif what.startswith("splits"):
+        attn.default_num_splits = lambda *a, n=int(what[6:]): n
+    elif what.startswith("bs"):
+        attn.BLOCK_S = int(what[2:])
     else:
-        raise SystemExit(f"unknown ABLATE={what}: use attn, norm, bn2 or bn4")
+        raise SystemExit(f"unknown ABLATE={what}: use attn, norm, bn2, bn4, splitsN or bsN")
 
 
 if __name__ == "__main__":
