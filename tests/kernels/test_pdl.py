@@ -24,6 +24,19 @@ def test_off_on_the_cpu_and_when_switched_off(monkeypatch):
     assert not pdl.pdl_enabled(torch.zeros(1))
 
 
+def test_early_lets_the_next_launch_before_the_wait(monkeypatch):
+    monkeypatch.setattr(pdl, "_supported", lambda index: True)
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda t: torch.device("cuda", 0)))
+    monkeypatch.setenv("SONIC_PDL", "early")
+    assert pdl.launch_options(torch.zeros(1)) == {"USE_PDL": pdl.EARLY, "launch_pdl": True}
+    assert pdl.launch_options(torch.zeros(1), 10**9) == {"USE_PDL": False}
+    monkeypatch.setenv("SONIC_PDL", "1")
+    assert pdl.launch_options(torch.zeros(1)) == {"USE_PDL": True, "launch_pdl": True}
+    monkeypatch.setenv("SONIC_PDL", "yes")
+    with pytest.raises(SonicError, match="SONIC_PDL='yes' is not a setting: use 1"):
+        pdl.launch_options(torch.zeros(1))
+
+
 @pytest.mark.parametrize("value", ["lots", "-5", "nan"])
 def test_a_bad_limit_names_the_setting(monkeypatch, value):
     monkeypatch.setenv("SONIC_PDL_MAX_MB", value)

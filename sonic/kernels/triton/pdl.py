@@ -3,7 +3,9 @@
 Every fused kernel starts with `pdl_prologue(USE_PDL)`: it waits until the previous kernel's writes are
 visible, then lets the next kernel launch. Off under the interpreter and on GPUs older than Hopper, and
 switched by SONIC_PDL (1 = on, 0 = off); kernels that stream more than SONIC_PDL_MAX_MB (default 100)
-launch without it.
+launch without it. SONIC_PDL=early lets the next kernel launch before the wait, so kernels further
+down the chain can start loading their weights while an earlier one still runs (each still waits for
+its predecessor before it reads anything that kernel writes).
 """
 from __future__ import annotations
 
@@ -28,8 +30,15 @@ def _supported(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
+def setting() -> str:
+    value = os.environ.get("SONIC_PDL", DEFAULT)
+    if value not in ("0", "1", "early"):
+        raise SonicError(f"SONIC_PDL={value!r} is not a setting: use 1 (on), 0 (off) or early")
+    return value
+
+
 def pdl_enabled(t: torch.Tensor) -> bool:
-    if os.environ.get("SONIC_PDL", DEFAULT) != "1" or t.device.type != "cuda":
+    if setting() == "0" or t.device.type != "cuda":
         return False
     return _supported(t.device.index if t.device.index is not None else torch.cuda.current_device())
 
@@ -39,7 +48,9 @@ def launch_options(t: torch.Tensor, stream_bytes: int = 0) -> dict:
     `stream_bytes`: what the kernel reads; past SONIC_PDL_MAX_MB it launches after its predecessor."""
     if stream_bytes > max_stream_mb() * 1e6:
         return {"USE_PDL": False}
-    return {"USE_PDL": True, "launch_pdl": True} if pdl_enabled(t) else {"USE_PDL": False}
+    if not pdl_enabled(t):
+        return {"USE_PDL": False}
+    return {"USE_PDL": EARLY if setting() == "early" else True, "launch_pdl": True}
 
 
 def max_stream_mb() -> float:
@@ -53,8 +64,14 @@ def max_stream_mb() -> float:
     return mb
 
 
+EARLY = 2  # USE_PDL's value for SONIC_PDL=early (a literal in pdl_prologue: jit code reads no globals)
+
+
 @triton.jit
 def pdl_prologue(USE_PDL: tl.constexpr):
-    if USE_PDL:
+    if USE_PDL == 2:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+    elif USE_PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
