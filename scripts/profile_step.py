@@ -3,7 +3,9 @@ time from the profiler, and ablations.
 
 Usage (on a GPU machine): python scripts/profile_step.py [preset ...]
 ABLATE=attn|norm|bn2|bn4 leaves a part out or changes it (the tokens are then wrong: timing only);
-ABLATE=splitsN|bsN runs attention with N KV splits or N keys per tile (a timing A/B; tokens stay right).
+ABLATE=splitsN|bsN runs attention with N KV splits or N keys per tile, tileN the matvecs with N KB of
+weights per program per K step for the LM head (twice that where K <= N, half for other long rows);
+timing A/Bs whose tokens stay right.
 PROFILE_JSON=PATH writes the figures with device, date, commit and the measured read bandwidth.
 Under programmatic dependent launch a kernel's profiled time includes its wait for the previous one,
 so only whole-step times compare.
@@ -86,8 +88,10 @@ def ablate(what: str):
         attn.default_num_splits = lambda *a, n=int(what[6:]): n
     elif what.startswith("bs"):
         attn.BLOCK_S = int(what[2:])
+    elif what.startswith("tile"):
+        matvec._TILE_BYTES = int(what[4:]) * 1024
     else:
-        raise SystemExit(f"unknown ABLATE={what}: use attn, norm, bn2, bn4, splitsN or bsN")
+        raise SystemExit(f"unknown ABLATE={what}: use attn, norm, bn2, bn4, splitsN, bsN or tileN")
 
 
 if __name__ == "__main__":
