@@ -3,9 +3,10 @@ time from the profiler, and ablations.
 
 Usage (on a GPU machine): python scripts/profile_step.py [preset ...]
 ABLATE=attn|norm|bn2|bn4 leaves a part out or changes it (the tokens are then wrong: timing only);
-ABLATE=splitsN|bsN runs attention with N KV splits or N keys per tile, tileN the matvecs with N KB of
-weights per program per K step for the LM head (twice that where K <= N, half for other long rows);
-timing A/Bs whose tokens stay right.
+ABLATE=splitsN|bsN runs attention with N KV splits or N keys per tile, warpsN|stagesN the M = 1
+matvecs with N warps or pipeline stages (then M = 1 and M > 1 sum in other orders), tileN the matvecs
+with N KB of weights per program per K step for the LM head (twice that where K <= N, half for other
+long rows): timing A/Bs whose tokens stay close.
 PROFILE_JSON=PATH writes the figures with device, date, commit and the measured read bandwidth.
 Under programmatic dependent launch a kernel's profiled time includes its wait for the previous one,
 so only whole-step times compare.
@@ -84,6 +85,17 @@ def ablate(what: str):
             return matvec.MatvecConfig(cfg.block_n * factor, cfg.block_k, cfg.num_warps, cfg.num_stages) \
                 if M == 1 else cfg
         matvec.matvec_config = wider
+    elif what.startswith("warps") or what.startswith("stages"):  # warps8, stages3: at M = 1
+        key = what.rstrip("0123456789")
+        value, rule = int(what[len(key):]), matvec.matvec_config
+
+        def other(M, N, K, **kw):
+            cfg = rule(M, N, K, **kw)
+            if M != 1:
+                return cfg
+            return matvec.MatvecConfig(cfg.block_n, cfg.block_k, value if key == "warps" else cfg.num_warps,
+                                       value if key == "stages" else cfg.num_stages)
+        matvec.matvec_config = other
     elif what.startswith("splits"):
         attn.default_num_splits = lambda *a, n=int(what[6:]): n
     elif what.startswith("bs"):
@@ -91,7 +103,7 @@ def ablate(what: str):
     elif what.startswith("tile"):
         matvec._TILE_BYTES = int(what[4:]) * 1024
     else:
-        raise SystemExit(f"unknown ABLATE={what}: use attn, norm, bn2, bn4, splitsN, bsN or tileN")
+        raise SystemExit(f"unknown ABLATE={what}: use attn, norm, bn2, bn4, warpsN, stagesN, splitsN, bsN or tileN")
 
 
 if __name__ == "__main__":
