@@ -304,7 +304,7 @@ def decode_attention(qkv, positions, cos, sin, k_cache, v_cache, out, *, num_hea
         BLOCK_R=block_r, BLOCK_S=BLOCK_S, BLOCK_D=block_d,
         BLOCK_NS=block_ns, COMBINE_R=combine_r, COMBINE_CHUNKS=triton.cdiv(group, combine_r),
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32", INTERPRET=_INTERPRET,
-        num_warps=8 if block_r * block_d >= 128 * 128 else 4, num_stages=NUM_STAGES,
+        num_warps=8 if max(block_r, BLOCK_S) * block_d >= 128 * 128 else 4, num_stages=NUM_STAGES,
         enable_fp_fusion=False,  # a fused multiply-add would skip the roundings the reference RoPE makes
         **launch_options(qkv))
     return out
