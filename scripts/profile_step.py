@@ -6,7 +6,8 @@ ABLATE=attn|norm|bn2|bn4 leaves a part out or changes it (the tokens are then wr
 ABLATE=splitsN|bsN runs attention with N KV splits or N keys per tile, warpsN|stagesN the M = 1
 matvecs with N warps or pipeline stages (then M = 1 and M > 1 sum in other orders), tileN the matvecs
 with N KB of weights per program per K step for the LM head (twice that where K <= N, half for other
-long rows): timing A/Bs whose tokens stay close.
+long rows), headN|shortN|longN one of those three budgets alone: timing A/Bs whose tokens stay close.
+Parts join with "+": ABLATE=short64+head32.
 PROFILE_JSON=PATH writes the figures with device, date, commit and the measured read bandwidth.
 Under programmatic dependent launch a kernel's profiled time includes its wait for the previous one,
 so only whole-step times compare.
@@ -101,14 +102,19 @@ def ablate(what: str):
     elif what.startswith("bs"):
         attn.BLOCK_S = int(what[2:])
     elif what.startswith("tile"):
-        matvec._TILE_BYTES = int(what[4:]) * 1024
+        kb = int(what[4:]) * 1024
+        matvec._TILE_BYTES, matvec._SHORT_TILE_BYTES, matvec._LONG_TILE_BYTES = kb, 2 * kb, kb // 2
+    elif what.startswith(("head", "short", "long")):  # one class of matvec tile budgets, in KB
+        key = what.rstrip("0123456789")
+        attr = {"head": "_TILE_BYTES", "short": "_SHORT_TILE_BYTES", "long": "_LONG_TILE_BYTES"}[key]
+        setattr(matvec, attr, int(what[len(key):]) * 1024)
     else:
-        raise SystemExit(f"unknown ABLATE={what}: use attn, norm, bn2, bn4, warpsN, stagesN, splitsN, bsN or tileN")
+        raise SystemExit(f"unknown ABLATE={what}: use attn, norm, bn2, bn4, warpsN, stagesN, splitsN, bsN, tileN, headN, shortN or longN")
 
 
 if __name__ == "__main__":
-    if os.environ.get("ABLATE"):
-        ablate(os.environ["ABLATE"])
+    for part in filter(None, os.environ.get("ABLATE", "").split("+")):
+        ablate(part)
     results = [profile(p) for p in sys.argv[1:] or ["llama-3.2-1b", "smollm2-135m"]]
     if os.environ.get("PROFILE_JSON"):
         from sonic.bench.bandwidth import measure_read_bandwidth

@@ -26,7 +26,11 @@ from sonic.kernels.triton import MAX_ROWS
 from sonic.kernels.triton.pdl import launch_options, pdl_prologue
 
 _H100_SMS = 132
-_TILE_BYTES = 16384  # weight bytes per program per K step for the huge LM head (M = 1)
+# Weight bytes per program per K step at M = 1: the huge LM head and many long rows; rows no longer than
+# the output (QKV, O, gate/up); other long rows (small tiles, many programs).
+_TILE_BYTES = 16384
+_SHORT_TILE_BYTES = 32768
+_LONG_TILE_BYTES = 8192
 MAX_ARGMAX_TILES = 16384  # argmax partials per row the LM head may leave for the final reduction
 # M > 1: weight rows per program, as a multiple of the M = 1 tile, so that each query row's input is
 # prepared (loaded, normalised) once for more weight rows. Wider tiles never change the per-row sums.
@@ -64,7 +68,7 @@ def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, elem_bytes:
     if N >= 32768 or (K > N and N >= 4096):
         budget = _TILE_BYTES
     else:
-        budget = 2 * _TILE_BYTES if K <= N else _TILE_BYTES // 2
+        budget = _SHORT_TILE_BYTES if K <= N else _LONG_TILE_BYTES
     block_n = 1
     while (block_n * 2 * min(K, block_k) * elem_bytes * tiles <= budget
            and triton.cdiv(N, 2 * block_n) >= _H100_SMS):
