@@ -13,7 +13,7 @@ presets=("$@")
 RUNNERS=${RUNNERS:-"graph mono"} TESTS=${TESTS:-none} BENCH_TIMEOUT=${BENCH_TIMEOUT:-150} \
   bash scripts/gpu_check.sh "${presets[@]}" > /tmp/round_bench.txt 2>&1
 read -ra ab_presets <<< "${AB_PRESETS:-llama-3.2-1b smollm2-135m}"
-VARIANTS=${VARIANTS:-"SONIC_PDL=1 SONIC_PDL=early"} VARIANT_TIMEOUT=${VARIANT_TIMEOUT:-120} \
+VARIANTS=${VARIANTS:-"SONIC_PDL=early SONIC_PDL=1"} VARIANT_TIMEOUT=${VARIANT_TIMEOUT:-120} \
   bash scripts/profile_ab.sh "${ab_presets[@]}" > /tmp/round_ab.txt 2>&1
 if [ "${PACK:-0}" = 1 ]; then
   tar czf /tmp/round.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/round.tgz "$OUT/"

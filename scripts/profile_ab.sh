@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 dir=${PROFILE_DIR:-${OUT:-/tmp/sonic-out}}
 mkdir -p "$dir"
-read -ra variants <<< "${VARIANTS:-SONIC_PDL=1 SONIC_PDL=early}"
+read -ra variants <<< "${VARIANTS:-SONIC_PDL=early SONIC_PDL=1}"
 variants+=("${variants[0]}")
 presets=("$@")
 [ ${#presets[@]} -gt 0 ] || presets=(llama-3.2-1b smollm2-135m)

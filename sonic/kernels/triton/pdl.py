@@ -2,10 +2,11 @@
 
 Every fused kernel starts with `pdl_prologue(USE_PDL)`: it waits until the previous kernel's writes are
 visible, then lets the next kernel launch. Off under the interpreter and on GPUs older than Hopper, and
-switched by SONIC_PDL (1 = on, 0 = off); kernels that stream more than SONIC_PDL_MAX_MB (default 100)
-launch without it. SONIC_PDL=early lets the next kernel launch before the wait, so kernels further
-down the chain can start loading their weights while an earlier one still runs (each still waits for
-its predecessor before it reads anything that kernel writes).
+switched by SONIC_PDL (early = on, the default; 1 = on, the next kernel launching after the wait;
+0 = off); kernels that stream more than SONIC_PDL_MAX_MB (default 100) launch without it. With early,
+the next kernel launches before the wait, so kernels further down the chain can start loading their
+weights while an earlier one still runs (each still waits for its predecessor before it reads anything
+that kernel writes).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import triton.language as tl
 
 from sonic.errors import SonicError
 
-DEFAULT = "1"  # on: measured faster on an H100 (docs/benchmarks.md)
+DEFAULT = "early"  # measured faster on an H100 than 1 and than off (docs/benchmarks.md)
 # A kernel that streams more than this launches after its predecessor: early programs of a long stream
 # slowed it (llama-3.1-8b on an H200: 4192 us per step with PDL everywhere, 4017 without it past 100 MB,
 # 4088 without it anywhere in the matvecs); smaller models gain from PDL on every kernel.
@@ -33,7 +34,7 @@ def _supported(index: int) -> bool:
 def setting() -> str:
     value = os.environ.get("SONIC_PDL", DEFAULT)
     if value not in ("0", "1", "early"):
-        raise SonicError(f"SONIC_PDL={value!r} is not a setting: use 1 (on), 0 (off) or early")
+        raise SonicError(f"SONIC_PDL={value!r} is not a setting: use early (the default), 1 or 0 (off)")
     return value
 
 
