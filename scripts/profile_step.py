@@ -3,7 +3,8 @@ time from the profiler, and ablations.
 
 Usage (on a GPU machine): python scripts/profile_step.py [preset ...]
 ABLATE=attn|norm|bn2|bn4 leaves a part out or changes it (the tokens are then wrong: timing only);
-ABLATE=splitsN|bsN runs attention with N KV splits or N keys per tile, warpsN|stagesN the M = 1
+ABLATE=splitsN|bsN|astagesN runs attention with N KV splits, N keys per tile or N key tiles in flight,
+warpsN|stagesN the M = 1
 matvecs with N warps or pipeline stages (then M = 1 and M > 1 sum in other orders), tileN the matvecs
 with N KB of weights per program per K step for the LM head (twice that where K <= N, half for other
 long rows), headN|shortN|longN one of those three budgets alone: timing A/Bs whose tokens stay close.
@@ -101,6 +102,8 @@ def ablate(what: str):
         attn.default_num_splits = lambda *a, n=int(what[6:]): n
     elif what.startswith("bs"):
         attn.BLOCK_S = int(what[2:])
+    elif what.startswith("astages"):
+        attn.NUM_STAGES = int(what[7:])
     elif what.startswith("tile"):
         kb = int(what[4:]) * 1024
         matvec._TILE_BYTES, matvec._SHORT_TILE_BYTES, matvec._LONG_TILE_BYTES = kb, 2 * kb, kb // 2
@@ -109,7 +112,7 @@ def ablate(what: str):
         attr = {"head": "_TILE_BYTES", "short": "_SHORT_TILE_BYTES", "long": "_LONG_TILE_BYTES"}[key]
         setattr(matvec, attr, int(what[len(key):]) * 1024)
     else:
-        raise SystemExit(f"unknown ABLATE={what}: use attn, norm, bn2, bn4, warpsN, stagesN, splitsN, bsN, tileN, headN, shortN or longN")
+        raise SystemExit(f"unknown ABLATE={what}: use attn, norm, bn2, bn4, warpsN, stagesN, splitsN, bsN, astagesN, tileN, headN, shortN or longN")
 
 
 if __name__ == "__main__":
