@@ -3,12 +3,11 @@ time from the profiler, and ablations.
 
 Usage (on a GPU machine): python scripts/profile_step.py [preset ...]
 ABLATE=attn|norm|bn2|bn4 leaves a part out or changes it (the tokens are then wrong: timing only);
-ABLATE=splitsN|bsN|astagesN runs attention with N KV splits, N keys per tile or N key tiles in flight,
-warpsN|stagesN the M = 1
-matvecs with N warps or pipeline stages (then M = 1 and M > 1 sum in other orders), tileN the matvecs
-with N KB of weights per program per K step for the LM head (twice that where K <= N, half for other
-long rows), headN|shortN|longN one of those three budgets alone: timing A/Bs whose tokens stay close.
-Parts join with "+": ABLATE=short64+head32.
+ABLATE=splitsN|bsN|astagesN runs attention with N KV splits, N keys per tile or N key tiles in flight;
+warpsN|stagesN the M = 1 matvecs with N warps or pipeline stages (then M = 1 and M > 1 sum in other
+orders); tileN the matvecs with N KB of weights per program per K step for the LM head (twice that where
+K <= N, half for other long rows); headN|shortN|longN one of those three budgets alone. These are timing
+A/Bs whose tokens stay close. Parts join with "+": ABLATE=short64+head32.
 PROFILE_JSON=PATH writes the figures with device, date, commit and the measured read bandwidth.
 Under programmatic dependent launch a kernel's profiled time includes its wait for the previous one,
 so only whole-step times compare.
