@@ -29,7 +29,7 @@ _H100_SMS = 132
 # Weight bytes per program per K step at M = 1: the huge LM head and many long rows; rows no longer than
 # the output (QKV, O, gate/up); other long rows (small tiles, many programs).
 _TILE_BYTES = 16384
-_SHORT_TILE_BYTES = 65536  # was 32768; twice the QKV and gate/up rows per program ran faster on an H100
+_SHORT_TILE_BYTES = 32768  # 65536 (twice the QKV and gate/up rows per program): untimed alone yet
 _LONG_TILE_BYTES = 8192
 MAX_ARGMAX_TILES = 16384  # argmax partials per row the LM head may leave for the final reduction
 # M > 1: weight rows per program, as a multiple of the M = 1 tile, so that each query row's input is
@@ -57,7 +57,7 @@ def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, elem_bytes:
     """Block sizes for M rows, N output columns (I for silu_mul) and K inputs (M = 1 timed on an H200
     with scripts/tune_matvec.py: bench/results/2026-12-02-h200-matvec-tune.json).
 
-    Each program streams whole rows, K in steps of up to 2048, with up to 64 KB of weights per step where
+    Each program streams whole rows, K in steps of up to 2048, with up to 32 KB of weights per step where
     rows are no longer than the output (QKV, O, gate/up), 16 KB for the huge LM head and for many long rows
     (llama-3.1-8b's down), 8 KB for other long rows (small tiles, many programs), and never fewer programs
     than SMs. With `argmax` (the LM head), tiles stay wide enough that the per-tile partials are few.
