@@ -73,22 +73,25 @@ def profile(preset: str) -> dict:
 def ablate(what: str):
     """Leave a part of the step out (the tokens are then wrong) to see what it costs on the critical path."""
     from sonic.kernels.triton import decode_attention as attn, matvec
+    key = what.rstrip("0123456789")  # warps8 -> "warps", 8
+    value = int(what[len(key):]) if key != what else None
+    if value is None and what not in ("attn", "norm"):
+        key = ""  # every other setting takes a number
     if what == "attn":
         attn.decode_attention = lambda *a, **k: None
     elif what == "norm":
         full = matvec.fused_matvec
         matvec.fused_matvec = lambda *a, norm_weight=None, **k: full(*a, **k)
-    elif what.startswith("bn"):  # bn2: twice the rows per program at M = 1
-        factor, rule = int(what[2:]), matvec.matvec_config
+    elif key == "bn":  # bn2: twice the rows per program at M = 1
+        factor, rule = value, matvec.matvec_config
 
         def wider(M, N, K, **kw):
             cfg = rule(M, N, K, **kw)
             return matvec.MatvecConfig(cfg.block_n * factor, cfg.block_k, cfg.num_warps, cfg.num_stages) \
                 if M == 1 else cfg
         matvec.matvec_config = wider
-    elif what.startswith("warps") or what.startswith("stages"):  # warps8, stages3: at M = 1
-        key = what.rstrip("0123456789")
-        value, rule = int(what[len(key):]), matvec.matvec_config
+    elif key in ("warps", "stages"):  # at M = 1
+        rule = matvec.matvec_config
 
         def other(M, N, K, **kw):
             cfg = rule(M, N, K, **kw)
@@ -97,19 +100,18 @@ def ablate(what: str):
             return matvec.MatvecConfig(cfg.block_n, cfg.block_k, value if key == "warps" else cfg.num_warps,
                                        value if key == "stages" else cfg.num_stages)
         matvec.matvec_config = other
-    elif what.startswith("splits"):
-        attn.default_num_splits = lambda *a, n=int(what[6:]): n
-    elif what.startswith("bs"):
-        attn.BLOCK_S = int(what[2:])
-    elif what.startswith("astages"):
-        attn.NUM_STAGES = int(what[7:])
-    elif what.startswith("tile"):
-        kb = int(what[4:]) * 1024
+    elif key == "splits":
+        attn.default_num_splits = lambda *a: value
+    elif key == "bs":
+        attn.BLOCK_S = value
+    elif key == "astages":
+        attn.NUM_STAGES = value
+    elif key == "tile":
+        kb = value * 1024
         matvec._TILE_BYTES, matvec._SHORT_TILE_BYTES, matvec._LONG_TILE_BYTES = kb, 2 * kb, kb // 2
-    elif what.startswith(("head", "short", "long")):  # one class of matvec tile budgets, in KB
-        key = what.rstrip("0123456789")
+    elif key in ("head", "short", "long"):  # one class of matvec tile budgets, in KB
         attr = {"head": "_TILE_BYTES", "short": "_SHORT_TILE_BYTES", "long": "_LONG_TILE_BYTES"}[key]
-        setattr(matvec, attr, int(what[len(key):]) * 1024)
+        setattr(matvec, attr, value * 1024)
     else:
         raise SystemExit(f"unknown ABLATE={what}: use attn, norm, bn2, bn4, warpsN, stagesN, splitsN, bsN, astagesN, tileN, headN, shortN or longN")
 
