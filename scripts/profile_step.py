@@ -103,7 +103,7 @@ def ablate(what: str):
     elif key == "splits":
         attn.default_num_splits = lambda *a: value
     elif key == "bs":
-        attn.BLOCK_S = value
+        attn.key_tile = lambda head_dim: value
     elif key == "astages":
         attn.NUM_STAGES = value
     elif key == "tile":

@@ -56,7 +56,7 @@ class GraphRunner(ReferenceRunner):
         self.cache = KVCache(c, self.max_len, dtype=self.dtype, device=self.device)
         cos, sin = rope_tables(c, self.max_len, self.device)
         self.cos, self.sin = cos.contiguous(), sin.contiguous()
-        self.num_splits = attn_k.default_num_splits(c.num_key_value_heads, self.max_len)
+        self.num_splits = attn_k.default_num_splits(c.num_key_value_heads, self.max_len, c.head_dim)
         dev, m = self.device, MAX_QUERY_TOKENS
         # Static buffers: graphs capture their addresses.
         self.tokens = torch.zeros(m, dtype=torch.long, device=dev)

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from sonic.config import ModelConfig
-from sonic.kernels.triton.decode_attention import (BLOCK_S, MAX_SPLITS, attend_ref, decode_attention,
-                                                   decode_attention_ref, default_num_splits, make_workspace)
+from sonic.kernels.triton.decode_attention import (MAX_SPLITS, attend_ref, decode_attention, decode_attention_ref,
+                                                   default_num_splits, key_tile, make_workspace)
 from sonic.kernels.triton.qkv_rope import qkv_rope_cache_ref
 from sonic.models.llama import RMSNorm
 from sonic.models.rope import apply_rope, rope_tables
@@ -16,6 +16,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 CACHE_LEN = 1100
+BLOCK_S = 64  # keys per tile unless a test says otherwise: short contexts then span many tiles and splits
 SENTINEL = 7.0
 
 # (M, kv_len, num_splits, Hkv, group, D, sliding_window, qk_norm)
@@ -63,6 +64,7 @@ def _run(fn, qkv, k_cache, v_cache, positions, hkv, group, dim, window, weights,
     args = dict(num_heads=hkv * group, num_kv_heads=hkv, head_dim=dim, sm_scale=dim ** -0.5,
                 q_norm_weight=weights[0], k_norm_weight=weights[1], eps=1e-6, sliding_window=window)
     if fn is decode_attention:
+        kw.setdefault("block_s", BLOCK_S)
         out = torch.full((qkv.shape[0], hkv * group, dim), float("nan"), dtype=qkv.dtype, device=DEVICE)
         fn(qkv, positions, cos, sin, k_cache, v_cache, out, **args, **kw)
     else:
@@ -172,11 +174,31 @@ def test_rope_ref_matches_model_ops(norm):
 
 def test_default_num_splits():
     for hkv in (1, 2, 8, 16):
-        splits = default_num_splits(hkv, 32768)
+        splits = default_num_splits(hkv, 32768, 64)
         assert splits == min(MAX_SPLITS, 132 // hkv)  # about one wave of an H100's SMs, at most MAX_SPLITS
-    assert default_num_splits(8, 100) == 2  # never more splits than key tiles
-    assert default_num_splits(8, 1) == 1
-    assert BLOCK_S == 64
+    assert default_num_splits(8, 300, 64) == 2  # never more splits than key tiles
+    assert default_num_splits(8, 300, 128) == 3
+    assert default_num_splits(8, 1, 64) == 1
+
+
+def test_key_tile_holds_a_fixed_number_of_elements():
+    assert [key_tile(d) for d in (48, 64, 128, 256)] == [256, 256, 128, 64]
+
+
+# The default tile for the head size (256 keys of 64 dims, 128 of 128): tiles past the first, splits merged.
+@pytest.mark.parametrize("case", [(1, 1000, 16, 2, 4, 64, None, True), (3, 700, 3, 1, 8, 128, 300, False),
+                                  (16, 600, 2, 2, 2, 48, None, False)],
+                         ids=lambda c: "M{}-L{}-ns{}-Hkv{}-g{}-D{}-w{}-n{:d}".format(*c))
+def test_default_tile_matches_ref(case):
+    m, kv_len, num_splits, hkv, group, dim, window, norm = case
+    dtype = DTYPES[-1]
+    inputs = _inputs(m, kv_len, hkv, group, dim, dtype, norm)
+    out, k_cache, _ = _run(decode_attention, *inputs[:4], hkv, group, dim, window, inputs[4],
+                           num_splits=num_splits, block_s=None)
+    ref, k_ref, _ = _run(decode_attention_ref, *inputs[:4], hkv, group, dim, window, inputs[4])
+    torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
+    rows = slice(kv_len - m, kv_len)
+    torch.testing.assert_close(k_cache[:, rows].float(), k_ref[:, rows].float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
 def test_bad_shapes_are_refused():
@@ -205,7 +227,7 @@ def test_cuda_graph_replay_follows_positions():
     args = dict(num_heads=hkv * group, num_kv_heads=hkv, head_dim=dim, sm_scale=dim ** -0.5,
                 q_norm_weight=weights[0], k_norm_weight=weights[1])
     run = lambda: decode_attention(qkv, positions, cos, sin, k_cache, v_cache, out,  # noqa: E731
-                                   num_splits=default_num_splits(hkv, CACHE_LEN), **args)
+                                   num_splits=default_num_splits(hkv, CACHE_LEN, dim), **args)
     run()  # compile and allocate the workspace outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

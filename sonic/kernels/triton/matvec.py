@@ -27,10 +27,10 @@ from sonic.kernels.triton.pdl import launch_options, pdl_prologue
 
 _H100_SMS = 132
 # Weight bytes per program per K step at M = 1: the huge LM head and many long rows; rows no longer than
-# the output (QKV, O, gate/up); other long rows (small tiles, many programs).
+# the output (QKV, O, gate/up); other long rows, in tiles small enough for two programs per SM.
 _TILE_BYTES = 16384
-_SHORT_TILE_BYTES = 32768  # 65536 (twice the QKV and gate/up rows per program): untimed alone yet
-_LONG_TILE_BYTES = 8192
+_SHORT_TILE_BYTES = 32768
+_LONG_TILE_BYTES = 16384
 MAX_ARGMAX_TILES = 16384  # argmax partials per row the LM head may leave for the final reduction
 # M > 1: weight rows per program, as a multiple of the M = 1 tile, so that each query row's input is
 # prepared (loaded, normalised) once for more weight rows. Wider tiles never change the per-row sums.
@@ -58,9 +58,9 @@ def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, elem_bytes:
     with scripts/tune_matvec.py: bench/results/2026-12-02-h200-matvec-tune.json).
 
     Each program streams whole rows, K in steps of up to 2048, with up to 32 KB of weights per step where
-    rows are no longer than the output (QKV, O, gate/up), 16 KB for the huge LM head and for many long rows
-    (llama-3.1-8b's down), 8 KB for other long rows (small tiles, many programs), and never fewer programs
-    than SMs. With `argmax` (the LM head), tiles stay wide enough that the per-tile partials are few.
+    rows are no longer than the output (QKV, O, gate/up), 16 KB for the huge LM head and for long rows
+    (down), and never fewer programs than SMs; twice as many for long rows with few outputs, so that no SM
+    streams a second tile alone (smollm2-135m's down). With `argmax` (the LM head), tiles stay wide enough that the per-tile partials are few.
     BLOCK_K and the warps depend on N and K only, never on M: they fix each row's summation order.
     M > 1 widens the tile (WIDE_ROWS) while the grid still fills the GPU twice over."""
     tiles = 2 if silu_mul else 1
@@ -69,9 +69,10 @@ def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, elem_bytes:
         budget = _TILE_BYTES
     else:
         budget = _SHORT_TILE_BYTES if K <= N else _LONG_TILE_BYTES
+    min_programs = _H100_SMS * (2 if K > N and N < 4096 else 1)
     block_n = 1
     while (block_n * 2 * min(K, block_k) * elem_bytes * tiles <= budget
-           and triton.cdiv(N, 2 * block_n) >= _H100_SMS):
+           and triton.cdiv(N, 2 * block_n) >= min_programs):
         block_n *= 2
     if argmax:
         block_n = max(block_n, triton.next_power_of_2(triton.cdiv(N, MAX_ARGMAX_TILES)))
