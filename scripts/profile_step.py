@@ -102,10 +102,9 @@ def ablate(what: str):
         matvec.matvec_config = other
     elif key == "splits":
         attn.default_num_splits = lambda *a: value
-    elif key == "bs":
-        attn.key_tile = lambda head_dim: value
-    elif key == "astages":
-        attn.NUM_STAGES = value
+    elif key in ("bs", "astages"):  # wraps the rule, so that "bs256+astages1" sets both
+        rule = attn.key_tiling
+        attn.key_tiling = lambda d: (value, rule(d)[1]) if key == "bs" else (rule(d)[0], value)
     elif key == "tile":
         kb = value * 1024
         matvec._TILE_BYTES, matvec._SHORT_TILE_BYTES, matvec._LONG_TILE_BYTES = kb, 2 * kb, kb // 2

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from sonic.config import ModelConfig
 from sonic.kernels.triton.decode_attention import (MAX_SPLITS, attend_ref, decode_attention, decode_attention_ref,
-                                                   default_num_splits, key_tile, make_workspace)
+                                                   default_num_splits, key_tiling, make_workspace)
 from sonic.kernels.triton.qkv_rope import qkv_rope_cache_ref
 from sonic.models.llama import RMSNorm
 from sonic.models.rope import apply_rope, rope_tables
@@ -176,16 +176,16 @@ def test_default_num_splits():
     for hkv in (1, 2, 8, 16):
         splits = default_num_splits(hkv, 32768, 64)
         assert splits == min(MAX_SPLITS, 132 // hkv)  # about one wave of an H100's SMs, at most MAX_SPLITS
-    assert default_num_splits(8, 300, 64) == 2  # never more splits than key tiles
+    assert default_num_splits(8, 100, 64) == 2  # never more splits than key tiles
     assert default_num_splits(8, 300, 128) == 3
     assert default_num_splits(8, 1, 64) == 1
 
 
-def test_key_tile_holds_a_fixed_number_of_elements():
-    assert [key_tile(d) for d in (48, 64, 128, 256)] == [256, 256, 128, 64]
+def test_key_tiling_by_head_size():
+    assert [key_tiling(d) for d in (32, 48, 64, 128, 256)] == [(64, 3), (64, 3), (64, 3), (128, 1), (64, 1)]
 
 
-# The default tile for the head size (256 keys of 64 dims, 128 of 128): tiles past the first, splits merged.
+# The default tiling for the head size (64 keys of up to 64 dims, 128 of 128): several tiles, splits merged.
 @pytest.mark.parametrize("case", [(1, 1000, 16, 2, 4, 64, None, True), (3, 700, 3, 1, 8, 128, 300, False),
                                   (16, 600, 2, 2, 2, 48, None, False)],
                          ids=lambda c: "M{}-L{}-ns{}-Hkv{}-g{}-D{}-w{}-n{:d}".format(*c))

@@ -30,8 +30,6 @@ from sonic.kernels.triton.pdl import launch_options, pdl_prologue
 from sonic.kernels.triton.qkv_rope import load_rope_heads, qkv_rope_cache_ref, rope_at
 from triton.runtime.interpreter import InterpretedFunction
 
-KEY_TILE_ELEMS = 16384  # keys x head dims per key tile: 256 keys of 64 dims, 128 of 128
-NUM_STAGES = 1          # key tiles in flight per program: at decode lengths a program sees one or two
 MAX_SPLITS = 16       # more splits only lengthen the merge at the contexts a step sees
 COMBINE_ELEMS = 8192  # float32 partials one program holds at once while merging
 _LOG2E = 1.4426950408889634
@@ -226,10 +224,14 @@ def _attention_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, kc_ptr
 _INTERPRET = isinstance(_attention_kernel, InterpretedFunction)
 
 
-def key_tile(head_dim: int) -> int:
-    """Keys per tile for a head size. Fixed per model: tile boundaries fix every row's summation order.
-    (Timed on an H100 at decode lengths: 256 keys of 64 dims in one stage beat 64 keys in three.)"""
-    return max(16, KEY_TILE_ELEMS // triton.next_power_of_2(head_dim))
+def key_tiling(head_dim: int) -> tuple[int, int]:
+    """(keys per tile, tiles in flight per program) for a head size. Fixed per model: tile boundaries fix
+    every row's summation order. Timed on an H100 over decode steps at 128-180 keys: three 64-key tiles
+    for heads of up to 64 dims (llama-3.2-1b, smollm2-135m: 256-key tiles are as fast while one tile holds
+    every key, but the merge of two is slower); one tile of 16K elements for larger heads, 128 keys of 128
+    dims (qwen3-1.7b: 1552 against 1606 µs per step with three 64-key tiles)."""
+    block_d = triton.next_power_of_2(head_dim)
+    return (64, 3) if block_d <= 64 else (max(16, 16384 // block_d), 1)
 
 
 def default_num_splits(num_kv_heads: int, max_len: int, head_dim: int) -> int:
@@ -238,7 +240,7 @@ def default_num_splits(num_kv_heads: int, max_len: int, head_dim: int) -> int:
     sms = _H100_SMS
     if torch.cuda.is_available():
         sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    return max(1, min(triton.cdiv(max_len, key_tile(head_dim)), sms // num_kv_heads, MAX_SPLITS))
+    return max(1, min(triton.cdiv(max_len, key_tiling(head_dim)[0]), sms // num_kv_heads, MAX_SPLITS))
 
 
 def make_workspace(m: int, num_heads: int, num_kv_heads: int, head_dim: int, num_splits: int, device):
@@ -286,7 +288,7 @@ def decode_attention(qkv, positions, cos, sin, k_cache, v_cache, out, *, num_hea
     Writes the new rows' k and v to the caches [Hkv, S, D] at `positions` (int32 [M], consecutive, on the
     device). cos/sin: float32 [P, D] rotate-half tables. out [M, Hq, D]. `workspace` is
     `make_workspace(M, Hq, Hkv, D, num_splits, device)`, or None for one cached per shape. `block_s`: keys
-    per tile, `key_tile(head_dim)` unless given (tests use small tiles to reach many tiles cheaply)."""
+    per tile, `key_tiling(head_dim)` unless given (tests use small tiles to reach many tiles cheaply)."""
     _check(qkv, k_cache, v_cache, out, num_heads, num_kv_heads, head_dim, sliding_window)
     m, hq, hkv, dim = qkv.shape[0], num_heads, num_kv_heads, head_dim
     group = hq // hkv
@@ -298,7 +300,8 @@ def decode_attention(qkv, positions, cos, sin, k_cache, v_cache, out, *, num_hea
     # Nothing below depends on M: every row runs the tile shapes a one-row step runs.
     block_r = max(16, triton.next_power_of_2(group))
     block_d = triton.next_power_of_2(dim)
-    block_s = block_s or key_tile(dim)
+    default_s, stages = key_tiling(dim)
+    block_s = block_s or default_s
     block_ns = triton.next_power_of_2(num_splits)
     combine_r = min(triton.next_power_of_2(group), max(1, COMBINE_ELEMS // (block_ns * block_d)))
     _attention_kernel[(hkv, num_splits, m)](
@@ -312,7 +315,7 @@ def decode_attention(qkv, positions, cos, sin, k_cache, v_cache, out, *, num_hea
         BLOCK_R=block_r, BLOCK_S=block_s, BLOCK_D=block_d,
         BLOCK_NS=block_ns, COMBINE_R=combine_r, COMBINE_CHUNKS=triton.cdiv(group, combine_r),
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32", INTERPRET=_INTERPRET,
-        num_warps=8 if max(block_r, block_s) * block_d >= 128 * 128 else 4, num_stages=NUM_STAGES,
+        num_warps=8 if max(block_r, block_s) * block_d >= 128 * 128 else 4, num_stages=stages,
         enable_fp_fusion=False,  # a fused multiply-add would skip the roundings the reference RoPE makes
         **launch_options(qkv))
     return out
