@@ -60,16 +60,18 @@ def matvec_config(M: int, N: int, K: int, *, silu_mul: bool = False, elem_bytes:
     Each program streams whole rows, K in steps of up to 2048, with up to 32 KB of weights per step where
     rows are no longer than the output (QKV, O, gate/up), 16 KB for the huge LM head and for long rows
     (down), and never fewer programs than SMs; twice as many for long rows with few outputs, so that no SM
-    streams a second tile alone (smollm2-135m's down). With `argmax` (the LM head), tiles stay wide enough that the per-tile partials are few.
+    streams a second tile alone (smollm2-135m's down). With `argmax` (the LM head), tiles stay wide enough
+    that the per-tile partials are few.
     BLOCK_K and the warps depend on N and K only, never on M: they fix each row's summation order.
     M > 1 widens the tile (WIDE_ROWS) while the grid still fills the GPU twice over."""
     tiles = 2 if silu_mul else 1
     block_k = min(triton.next_power_of_2(K), 2048)
     if N >= 32768 or (K > N and N >= 4096):
-        budget = _TILE_BYTES
-    else:
-        budget = _SHORT_TILE_BYTES if K <= N else _LONG_TILE_BYTES
-    min_programs = _H100_SMS * (2 if K > N and N < 4096 else 1)
+        budget, min_programs = _TILE_BYTES, _H100_SMS
+    elif K <= N:
+        budget, min_programs = _SHORT_TILE_BYTES, _H100_SMS
+    else:  # long rows, few outputs: two programs per SM, so that no SM streams a second tile alone
+        budget, min_programs = _LONG_TILE_BYTES, 2 * _H100_SMS
     block_n = 1
     while (block_n * 2 * min(K, block_k) * elem_bytes * tiles <= budget
            and triton.cdiv(N, 2 * block_n) >= min_programs):
