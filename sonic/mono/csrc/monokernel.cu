@@ -89,21 +89,33 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
     Cursor copy(q0);
     const uint8_t* src;
     uint32_t n;
+    // Profiling builds: per instruction, the ns its pages waited for a free slot (the consumers are
+    // behind) and for copies in flight to land (HBM is behind).
+    unsigned long long full_ns = 0, landing_ns = 0, mark = 0;
     while (copy.next(p, q0, q1, src, n)) {
         const uint32_t slot = Ring::slot(ring.count);
+        if (p.profile) mark = mono_ptx::globaltimer();
         while (!mono_ptx::mbar_try_wait(&empty[slot], Ring::phase(ring.count) ^ 1))
             if (flag_get(flags, FLAG_EXIT)) goto drain;
+        if (p.profile) full_ns += mono_ptx::globaltimer() - mark, mark = mono_ptx::globaltimer();
         if (IN_FLIGHT < NUM_PAGES && ring.count >= IN_FLIGHT) {  // page count - IN_FLIGHT has landed
             const uint32_t old = ring.count - IN_FLIGHT;
             while (!mono_ptx::mbar_try_wait(&full[Ring::slot(old)], Ring::phase(old)))
                 if (flag_get(flags, FLAG_EXIT)) goto drain;
         }
+        if (p.profile) landing_ns += mono_ptx::globaltimer() - mark;
         if (MONO_PAUSE)
             while (flag_get(flags, FLAG_PAUSE))
                 if (flag_get(flags, FLAG_EXIT)) goto drain;
         mono_ptx::mbar_expect_tx(&full[slot], n);
         mono_ptx::bulk_copy(smem + OFF_PAGES + slot * PAGE_BYTES, src, n, &full[slot], policy);
-        if (p.profile && copy.last) p.profile[PROFILE_STAMPS * copy.index + 5] = mono_ptx::globaltimer();
+        if (p.profile && copy.last) {
+            unsigned long long* out = p.profile + PROFILE_STAMPS * copy.index;
+            out[5] = mono_ptx::globaltimer();
+            out[8] = full_ns;
+            out[9] = landing_ns;
+            full_ns = landing_ns = 0;
+        }
         ++ring.count;
     }
     while (!flag_get(flags, FLAG_EXIT)) {
