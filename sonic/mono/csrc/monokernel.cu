@@ -4,21 +4,8 @@
 // it streams the weight tiles of the queue, epoch after epoch, into the ring of shared-memory pages
 // with bulk async copies, never waiting on anything but a free page, so HBM keeps streaming while the
 // consumer warps (0..7) wait on their inputs. Consumers wait on monotonic counters (acquire),
-// compute, store, and add 1 to the instruction's counter (release).
-
-// The SM's memory requests queue behind its bulk copies in flight: a signal's release fence waits
-// for them (measured: 2.5-3.4 us after a 256 KiB tile with twelve 16 KiB pages in flight, 0.6-0.8
-// us with two and the pause). So the producer keeps MONO_IN_FLIGHT copies in flight at most, and
-// with MONO_PAUSE issues none while a release is pending. Two in flight were too few for the SM's
-// share of HBM once the matvecs ran on the tensor cores: four gave llama-3.2-1b 1230 -> 1270 tok/s,
-// qwen3-1.7b 705 -> 713 (three to six measured alike; H200).
-#ifndef MONO_PAUSE
-#define MONO_PAUSE 1
-#endif
-#ifndef MONO_IN_FLIGHT
-#define MONO_IN_FLIGHT 4
-#endif
-constexpr uint32_t IN_FLIGHT = MONO_IN_FLIGHT;
+// compute, store, and add 1 to the instruction's counter (release). The producer's copies in
+// flight and its pause: common.cuh.
 
 // ---- waits, signals, the two roles ----
 
@@ -27,14 +14,28 @@ constexpr uint32_t IN_FLIGHT = MONO_IN_FLIGHT;
 __device__ __forceinline__ uint32_t flag_get(uint32_t* flags, int i) { return atomicAdd(flags + i, 0u); }
 __device__ __forceinline__ void flag_set(uint32_t* flags, int i, uint32_t v) { atomicExch(flags + i, v); }
 
+// The counter thread 0 last saw and the value it read (acquire): a wait that it already satisfies
+// needs no poll. A poll is a round trip to L2 behind the SM's weight copies in flight: 1.5-2 us for
+// an SM's second gate/up tile, whose wait the first one's poll had already met (H100).
+#ifndef MONO_WAIT_CACHE
+#define MONO_WAIT_CACHE 1
+#endif
+struct Seen {
+    uint32_t counter = ~0u;
+    unsigned long long value = 0;
+};
+
 // Thread 0 polls the instruction's counters; false when the launch must end instead (a stop before
 // this epoch, an abort by another CTA, or this wait timing out).
-__device__ bool wait_for(const Params& p, const Instruction& ins, uint32_t index, unsigned long long epoch) {
+__device__ bool wait_for(const Params& p, const Instruction& ins, uint32_t index, unsigned long long epoch,
+                         Seen& seen) {
     const unsigned long long start = mono_ptx::globaltimer();
     for (uint32_t j = 0; j < ins.num_waits; ++j) {
         const unsigned long long target = (epoch - ins.wait_lag[j]) * ins.wait_count[j];
+        if (MONO_WAIT_CACHE && ins.wait_counter[j] == seen.counter && seen.value >= target) continue;
         const unsigned long long* counter = p.counters + ins.wait_counter[j];
-        for (uint32_t spin = 0; mono_ptx::ld_acquire(counter) < target; ++spin) {
+        unsigned long long value;
+        for (uint32_t spin = 0; (value = mono_ptx::ld_acquire(counter)) < target; ++spin) {
             if (spin % 256 != 255) continue;
             // A stop before this epoch: what this waits for will never come.
             if (*reinterpret_cast<volatile unsigned long long*>(p.stop_epoch) < epoch) return false;
@@ -50,6 +51,8 @@ __device__ bool wait_for(const Params& p, const Instruction& ins, uint32_t index
                 return false;
             }
         }
+        seen.counter = ins.wait_counter[j];
+        seen.value = value;
     }
     return *reinterpret_cast<volatile unsigned long long*>(p.stop_epoch) >= epoch &&
            !*reinterpret_cast<volatile int32_t*>(p.abort_flag);
@@ -87,6 +90,10 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
     const uint64_t policy = mono_ptx::evict_first_policy();
     Ring ring;
     Cursor copy(q0);
+    // While the ring is full (the consumers wait on their inputs), the pages after it are brought into
+    // L2, up to MONO_L2_AHEAD of them, so HBM keeps streaming through the dependency chain of a layer.
+    Cursor ahead(q0);
+    uint32_t lead = 0;  // pages `ahead` has prefetched past `copy`
     const uint8_t* src;
     uint32_t n;
     // Profiling builds: per instruction, the ns its pages waited for a free slot (the consumers are
@@ -95,8 +102,19 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
     while (copy.next(p, q0, q1, src, n)) {
         const uint32_t slot = Ring::slot(ring.count);
         if (p.profile) mark = mono_ptx::globaltimer();
-        while (!mono_ptx::mbar_try_wait(&empty[slot], Ring::phase(ring.count) ^ 1))
+        if (L2_AHEAD) {
+            if (lead > 0) --lead;
+            else ahead = copy;
+        }
+        while (!mono_ptx::mbar_try_wait(&empty[slot], Ring::phase(ring.count) ^ 1)) {
             if (flag_get(flags, FLAG_EXIT)) goto drain;
+            const uint8_t* ahead_src;
+            uint32_t ahead_n;
+            if (L2_AHEAD && lead < L2_AHEAD && ahead.next(p, q0, q1, ahead_src, ahead_n)) {
+                mono_ptx::prefetch_l2(ahead_src, ahead_n);
+                ++lead;
+            }
+        }
         if (p.profile) full_ns += mono_ptx::globaltimer() - mark, mark = mono_ptx::globaltimer();
         if (IN_FLIGHT < NUM_PAGES && ring.count >= IN_FLIGHT) {  // page count - IN_FLIGHT has landed
             const uint32_t old = ring.count - IN_FLIGHT;
@@ -130,13 +148,14 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
     uint32_t* flags = reinterpret_cast<uint32_t*>(smem + OFF_FLAGS);
     Ring ring;
     Staged staged;
+    Seen seen;
     for (uint32_t e = 0; e < p.num_epochs; ++e) {
         const unsigned long long epoch = p.first_epoch + e;
         for (uint32_t qi = q0; qi < q1; ++qi) {
             const uint32_t index = p.queue[qi];
             const Instruction& ins = p.instructions[index];
             const unsigned long long started = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
-            if (t == 0) flags[FLAG_GO] = wait_for(p, ins, index, epoch);
+            if (t == 0) flags[FLAG_GO] = wait_for(p, ins, index, epoch, seen);
             const unsigned long long ready = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();
             if (!flags[FLAG_GO]) goto done;
