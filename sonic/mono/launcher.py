@@ -24,7 +24,7 @@ from sonic.mono.layout import encode_instructions, encode_schedule
 from sonic.mono.schedule import Schedule
 from sonic.mono.tiles import pack_tiles
 
-PROFILE_STAMPS = 10
+PROFILE_STAMPS = 11
 TIMEOUT_S = 5.0  # a wait longer than this is a bug: every CTA stops and the host raises
 ERROR_TIMEOUT = 1
 
@@ -141,7 +141,8 @@ class MonoKernel:
         began, inputs ready, inputs staged, matvec done, done (staged = done = ready without a matvec),
         when the producer issued the copy of the instruction's last weight page, the ns the matvec
         waited for pages, when thread 0 ended the op (before the barrier and the release), and the ns the
-        producer waited for a free page and for its copies in flight while issuing the weight pages."""
+        producer waited for a free page, for its copies in flight and for releases (the pause) while
+        issuing the weight pages."""
         stamps = self.buffers.get("profile")
         return None if stamps is None else stamps.cpu()
 

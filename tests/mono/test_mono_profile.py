@@ -10,13 +10,13 @@ from sonic.mono.profile import format_profile, summarize
 
 def fake_stamps(program, layer_gap_ns=7000):
     """Each instruction: wait 100 ns, stage 200, matvec 300 (page waits 50), epilogue 250, release
-    150; the producer waits 30 ns for a free page and 20 for copies to land; layer l's instructions
+    150; the producer waits 30 ns for a free page, 20 for copies to land and 10 for a release; layer l's instructions
     start at l * layer_gap_ns."""
     n = len(program.instructions)
-    stamps = torch.zeros(n, 10, dtype=torch.int64)
+    stamps = torch.zeros(n, 11, dtype=torch.int64)
     for i, ins in enumerate(program.instructions):
         t0 = ins.layer * layer_gap_ns + i
-        stamps[i] = torch.tensor([t0, t0 + 100, t0 + 300, t0 + 600, t0 + 1000, t0, 50, t0 + 850, 30, 20])
+        stamps[i] = torch.tensor([t0, t0 + 100, t0 + 300, t0 + 600, t0 + 1000, t0, 50, t0 + 850, 30, 20, 10])
     return stamps
 
 
@@ -28,7 +28,7 @@ def test_summary_means_and_layer_time():
     assert (qkv["wait_us"], qkv["stage_us"], qkv["matvec_us"], qkv["epilogue_us"], qkv["release_us"],
             qkv["busy_us"]) == (0.1, 0.2, 0.3, 0.25, 0.15, 0.9)
     assert qkv["page_wait_us"] == 0.05 and qkv["weight_kib"] > 0
-    assert (qkv["ring_full_us"], qkv["landing_us"]) == (0.03, 0.02)
+    assert (qkv["ring_full_us"], qkv["landing_us"], qkv["paused_us"]) == (0.03, 0.02, 0.01)
     assert summary["ops"]["ATTN_PARTIAL"]["weight_kib"] == 0
     # Layers start 7 us apart; the last instruction of each ends about 1 us after its own start.
     assert abs(summary["layer_us"]["median"] - 7.0) < 0.1

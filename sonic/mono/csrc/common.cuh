@@ -84,12 +84,13 @@ constexpr int NUM_PAGES = (SMEM_BYTES - OFF_PAGES) / PAGE_BYTES < MAX_PAGES ? (S
                                                                            : MAX_PAGES;
 static_assert(NUM_PAGES >= 2, "the model's activations leave no room for the weight ring: use fewer rows");
 
-enum Flag { FLAG_GO = 0, FLAG_EXIT = 1, FLAG_CONSUMED = 2, FLAG_PAUSE = 3, FLAG_STAMPS = 4 };  // stamps: 3 x uint64
+enum Flag { FLAG_GO = 0, FLAG_EXIT = 1, FLAG_CONSUMED = 2, FLAG_PAUSE = 3, FLAG_STAMPS = 4,  // stamps: 3 x uint64
+            FLAG_SEEN = 10 };  // consumer thread 0's last poll: counter (uint32), then its value (uint64 at 12)
 // wait began, inputs ready, inputs staged, matvec done, done; the producer's issue of the last page,
 // (thread 0) the ns the matvec spent waiting for its pages to land, and thread 0's end of the op
-// (before the barrier and the release); the producer's ns waiting for a free page and for copies in
-// flight to land while it issued the instruction's pages
-constexpr int PROFILE_STAMPS = 10;
+// (before the barrier and the release); the producer's ns waiting for a free page, for copies in
+// flight to land and for a release while it issued the instruction's pages
+constexpr int PROFILE_STAMPS = 11;
 enum Error { ERROR_NONE = 0, ERROR_TIMEOUT = 1 };
 
 struct Params {

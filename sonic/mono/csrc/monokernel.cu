@@ -20,19 +20,22 @@ __device__ __forceinline__ void flag_set(uint32_t* flags, int i, uint32_t v) { a
 #ifndef MONO_WAIT_CACHE
 #define MONO_WAIT_CACHE 1
 #endif
-struct Seen {
-    uint32_t counter = ~0u;
-    unsigned long long value = 0;
-};
+// Kept in shared memory (FLAG_SEEN), not registers: the consumers' loop is at the register cap.
+__device__ __forceinline__ uint32_t& seen_counter(uint8_t* smem) {
+    return reinterpret_cast<uint32_t*>(smem + OFF_FLAGS)[FLAG_SEEN];
+}
+__device__ __forceinline__ unsigned long long& seen_value(uint8_t* smem) {
+    return *reinterpret_cast<unsigned long long*>(smem + OFF_FLAGS + 4 * FLAG_SEEN + 8);
+}
 
 // Thread 0 polls the instruction's counters; false when the launch must end instead (a stop before
 // this epoch, an abort by another CTA, or this wait timing out).
 __device__ bool wait_for(const Params& p, const Instruction& ins, uint32_t index, unsigned long long epoch,
-                         Seen& seen) {
+                         uint8_t* smem) {
     const unsigned long long start = mono_ptx::globaltimer();
     for (uint32_t j = 0; j < ins.num_waits; ++j) {
         const unsigned long long target = (epoch - ins.wait_lag[j]) * ins.wait_count[j];
-        if (MONO_WAIT_CACHE && ins.wait_counter[j] == seen.counter && seen.value >= target) continue;
+        if (MONO_WAIT_CACHE && ins.wait_counter[j] == seen_counter(smem) && seen_value(smem) >= target) continue;
         const unsigned long long* counter = p.counters + ins.wait_counter[j];
         unsigned long long value;
         for (uint32_t spin = 0; (value = mono_ptx::ld_acquire(counter)) < target; ++spin) {
@@ -51,8 +54,8 @@ __device__ bool wait_for(const Params& p, const Instruction& ins, uint32_t index
                 return false;
             }
         }
-        seen.counter = ins.wait_counter[j];
-        seen.value = value;
+        seen_counter(smem) = ins.wait_counter[j];
+        seen_value(smem) = value;
     }
     return *reinterpret_cast<volatile unsigned long long*>(p.stop_epoch) >= epoch &&
            !*reinterpret_cast<volatile int32_t*>(p.abort_flag);
@@ -97,8 +100,8 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
     const uint8_t* src;
     uint32_t n;
     // Profiling builds: per instruction, the ns its pages waited for a free slot (the consumers are
-    // behind) and for copies in flight to land (HBM is behind).
-    unsigned long long full_ns = 0, landing_ns = 0, mark = 0;
+    // behind), for copies in flight to land (HBM is behind) and for a release (the pause).
+    unsigned long long full_ns = 0, landing_ns = 0, pause_ns = 0, mark = 0;
     while (copy.next(p, q0, q1, src, n)) {
         const uint32_t slot = Ring::slot(ring.count);
         if (p.profile) mark = mono_ptx::globaltimer();
@@ -121,10 +124,11 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             while (!mono_ptx::mbar_try_wait(&full[Ring::slot(old)], Ring::phase(old)))
                 if (flag_get(flags, FLAG_EXIT)) goto drain;
         }
-        if (p.profile) landing_ns += mono_ptx::globaltimer() - mark;
+        if (p.profile) landing_ns += mono_ptx::globaltimer() - mark, mark = mono_ptx::globaltimer();
         if (MONO_PAUSE)
             while (flag_get(flags, FLAG_PAUSE))
                 if (flag_get(flags, FLAG_EXIT)) goto drain;
+        if (p.profile) pause_ns += mono_ptx::globaltimer() - mark;
         mono_ptx::mbar_expect_tx(&full[slot], n);
         mono_ptx::bulk_copy(smem + OFF_PAGES + slot * PAGE_BYTES, src, n, &full[slot], policy);
         if (p.profile && copy.last) {
@@ -132,7 +136,8 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             out[5] = mono_ptx::globaltimer();
             out[8] = full_ns;
             out[9] = landing_ns;
-            full_ns = landing_ns = 0;
+            out[10] = pause_ns;
+            full_ns = landing_ns = pause_ns = 0;
         }
         ++ring.count;
     }
@@ -148,7 +153,7 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
     uint32_t* flags = reinterpret_cast<uint32_t*>(smem + OFF_FLAGS);
     Ring ring;
     Staged staged;
-    Seen seen;
+    if (t == 0) seen_counter(smem) = ~0u;
     for (uint32_t e = 0; e < p.num_epochs; ++e) {
         const unsigned long long epoch = p.first_epoch + e;
         for (uint32_t qi = q0; qi < q1; ++qi) {
@@ -157,7 +162,7 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             const unsigned long long started = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             AttnPass pass;  // attention's first keys, in flight during the wait
             if (MONO_ATTN_EARLY && ins.opcode == OP_ATTN_PARTIAL) attn_first_pass(p, ins, epoch, pass);
-            if (t == 0) flags[FLAG_GO] = wait_for(p, ins, index, epoch, seen);
+            if (t == 0) flags[FLAG_GO] = wait_for(p, ins, index, epoch, smem);
             const unsigned long long ready = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();
             if (!flags[FLAG_GO]) goto done;
