@@ -54,66 +54,52 @@ __device__ void write_new_k(const Params& p, const Instruction& ins, uint8_t* sm
     }
 }
 
+// Before attention's wait (MONO_ATTN_EARLY): thread 0 asks L2 for the keys and values of the first
+// row's first pass, all cached in earlier epochs but the one at the position, so the pass's loads
+// after the wait need not go to HBM. L2 is where every SM's stores land, so nothing stale is kept.
+#ifndef MONO_ATTN_EARLY
+#define MONO_ATTN_EARLY 1
+#endif
+__device__ __forceinline__ void attn_prefetch(const Params& p, const Instruction& ins, unsigned long long epoch) {
+    const int pos = position(p, 0, epoch);
+    const int lo = SLIDING_WINDOW ? max(0, pos - SLIDING_WINDOW + 1) : 0, hi = pos + 1;
+    const int chunk = (hi - lo + KV_SPLITS - 1) / KV_SPLITS;
+    const int a = min(lo + ins.split * chunk, hi), n = min(min(ATTN_CHUNK, chunk), hi - a);
+    if (n <= 0) return;
+    const size_t row = ((static_cast<size_t>(ins.layer) * NUM_KV_HEADS + ins.group) * p.max_len + a) * HEAD_DIM;
+    mono_ptx::prefetch_l2(p.k_cache + row, n * HEAD_DIM * 2);
+    mono_ptx::prefetch_l2(p.v_cache + row, n * HEAD_DIM * 2);
+}
+
 // One KV split of one group for every row: unnormalised output, max and sum per q head. Keys are
 // taken ATTN_CHUNK at a time with an online softmax across chunks. Each pass issues all of its K and
 // V loads at once (into registers: a key row per thread, column pairs of V per thread), so a pass
 // costs one round trip to memory, the next pass's loads overlapping this pass's last barrier.
-// The first row's first pass is loaded before the instruction's wait (attn_first_pass, with
-// MONO_ATTN_EARLY): every key below the row's position was cached in an earlier epoch, so only the
-// key and value at the position (this epoch's QKV) are loaded again after it.
-#ifndef MONO_ATTN_EARLY
-#define MONO_ATTN_EARLY 1
-#endif
-struct AttnPass {
-    uint4 k[HEAD_DIM / 8];   // thread t: key c0 + t
-    unsigned v[VALUE_REGS];  // V column pair t % HALF_DIM of keys c0 + t / HALF_DIM + KEY_LANES i
-};
-
-// Keys [a, b) of the instruction's split for row m: the visible keys cut into KV_SPLITS parts.
-__device__ __forceinline__ void attn_split(const Params& p, const Instruction& ins, int m, unsigned long long epoch,
-                                           int& pos, int& a, int& b) {
-    pos = position(p, m, epoch);
-    const int lo = SLIDING_WINDOW ? max(0, pos - SLIDING_WINDOW + 1) : 0, hi = pos + 1;
-    const int chunk = (hi - lo + KV_SPLITS - 1) / KV_SPLITS;
-    a = min(lo + ins.split * chunk, hi);
-    b = min(a + chunk, hi);
-}
-
-// Loads key j (or every key below n when j < 0) of the pass at c0 into the threads that hold it.
-__device__ __forceinline__ void attn_load(const Params& p, const Instruction& ins, int c0, int n, int j,
-                                          AttnPass& pass) {
-    const int t = threadIdx.x, d2 = t % HALF_DIM, lane_k = t / HALF_DIM;
-    const size_t base = (static_cast<size_t>(ins.layer) * NUM_KV_HEADS + ins.group) * p.max_len * HEAD_DIM;
-    if (t < n && (j < 0 || t == j)) {
-        const uint4* key = reinterpret_cast<const uint4*>(p.k_cache + base + static_cast<size_t>(c0 + t) * HEAD_DIM);
-#pragma unroll
-        for (int c = 0; c < HEAD_DIM / 8; ++c) pass.k[c] = __ldcg(key + c);
-    }
-#pragma unroll
-    for (int i = 0; i < VALUE_REGS; ++i) {
-        const int key = lane_k + KEY_LANES * i;
-        if (t < VALUE_THREADS && key < n && (j < 0 || key == j))
-            pass.v[i] = __ldcg(reinterpret_cast<const unsigned*>(p.v_cache + base + static_cast<size_t>(c0 + key) * HEAD_DIM) + d2);
-    }
-}
-
-__device__ __forceinline__ void attn_first_pass(const Params& p, const Instruction& ins, unsigned long long epoch,
-                                                AttnPass& pass) {
-    int pos, a, b;
-    attn_split(p, ins, 0, epoch, pos, a, b);
-    attn_load(p, ins, a, min(ATTN_CHUNK, b - a), -1, pass);
-}
-
-__device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t* smem, unsigned long long epoch,
-                                AttnPass& pass) {
+__device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t* smem, unsigned long long epoch) {
     const int t = threadIdx.x, warp = t / 32, lane = t % 32;
     float* qs = reinterpret_cast<float*>(smem + OFF_ATTN_Q);
     float* run = reinterpret_cast<float*>(smem + OFF_ATTN_RUN);  // [0]: max, [GQA]: sum, [2 GQA]: rescale
     float* scratch = reinterpret_cast<float*>(smem + OFF_ATTN);
+    const size_t base = (static_cast<size_t>(ins.layer) * NUM_KV_HEADS + ins.group) * p.max_len * HEAD_DIM;
+    const bf16* keys = p.k_cache + base;
+    const bf16* values = p.v_cache + base;
     const int d2 = t % HALF_DIM, lane_k = t / HALF_DIM;
     const bool value_thread = t < VALUE_THREADS;
-    uint4 (&kreg)[HEAD_DIM / 8] = pass.k;
-    unsigned (&vreg)[VALUE_REGS] = pass.v;
+    uint4 kreg[HEAD_DIM / 8];
+    unsigned vreg[VALUE_REGS];
+    auto load = [&](int c0, int n) {
+        if (t < n) {
+            const uint4* key = reinterpret_cast<const uint4*>(keys + static_cast<size_t>(c0 + t) * HEAD_DIM);
+#pragma unroll
+            for (int c = 0; c < HEAD_DIM / 8; ++c) kreg[c] = __ldcg(key + c);
+        }
+#pragma unroll
+        for (int i = 0; i < VALUE_REGS; ++i) {
+            const int j = lane_k + KEY_LANES * i;
+            if (value_thread && j < n)
+                vreg[i] = __ldcg(reinterpret_cast<const unsigned*>(values + static_cast<size_t>(c0 + j) * HEAD_DIM) + d2);
+        }
+    };
     // Under NORM_IN_ATTENTION the key at the position comes from knew (the first O tile caches it).
     float* knew = reinterpret_cast<float*>(smem + OFF_RED);  // [HEAD_DIM], then GQA + 1 norms
     auto patch = [&](int c0, int n, int pos) {
@@ -127,12 +113,13 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
         }
     };
     for (int m = 0; m < ROWS; ++m) {
-        int pos, a, b;
-        attn_split(p, ins, m, epoch, pos, a, b);
+        const int pos = position(p, m, epoch);
+        const int lo = SLIDING_WINDOW ? max(0, pos - SLIDING_WINDOW + 1) : 0, hi = pos + 1;
+        const int chunk = (hi - lo + KV_SPLITS - 1) / KV_SPLITS;
+        const int a = min(lo + ins.split * chunk, hi), b = min(a + chunk, hi);
         const int out0 = (m * NUM_HEADS + ins.group * GQA_GROUP) * KV_SPLITS + ins.split;  // head h: + h * KV_SPLITS
         int c0 = a, n = min(ATTN_CHUNK, b - a);
-        if (m > 0 || !MONO_ATTN_EARLY) attn_load(p, ins, c0, n, -1, pass);
-        else if (n > 0 && pos < c0 + n) attn_load(p, ins, c0, n, pos - c0, pass);  // written by this epoch's QKV
+        load(c0, n);
         for (int i = t; i < GQA_GROUP * HEAD_DIM; i += CONSUMERS)
             qs[i] = __bfloat162float(__ldcg(p.q + m * Q_SIZE + ins.group * GQA_GROUP * HEAD_DIM + i));
         if (NORM_IN_ATTENTION) {  // q and k raw: norm and rotate them; the key at pos is not cached yet
@@ -215,7 +202,7 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
             c0 += ATTN_CHUNK;
             n = min(ATTN_CHUNK, b - c0);
             if (c0 < b) {
-                attn_load(p, ins, c0, n, -1, pass);  // in flight across the barrier
+                load(c0, n);  // in flight across the barrier
                 patch(c0, n, pos);
             }
             consumers_sync();
@@ -242,17 +229,13 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
 }
 
 // The merge of a head's KV splits, in split order (deterministic), shared by ATTN_COMBINE and O's
-// staging (Tiling.combine_in_o). merge_scales: for each (row, head) of heads h0..h0+nh-1 the split
-// scales and the total into `merge` (the reduction scratch, free outside a matvec). merge_splits gives
-// features k0..k0+n-1 of those heads (n a multiple of 4), four at a time: its first loads of the
-// splits' features are issued before the scales are worked out (they do not depend on them), so the
-// merge costs a round trip to L2 fewer.
+// staging (Tiling.combine_in_o). First merge_scales: for each (row, head) of heads h0..h0+nh-1 the
+// split scales and the total into `merge` (the reduction scratch, free outside a matvec); then, after
+// a barrier, merge_features gives features k0..k0+n-1 of those heads (n a multiple of 4), four at a
+// time and the loads of several quads in flight, so the merge costs a round trip or two to L2.
 constexpr int MERGE_FLOATS = ROWS * NUM_HEADS * (KV_SPLITS + 1);
 static_assert(MERGE_FLOATS <= RED_FLOATS, "too many heads x splits to merge in the reduction scratch");
-#ifndef MONO_MERGE_LOADS
-#define MONO_MERGE_LOADS 4  // 8 spills on llama-3.2-1b
-#endif
-constexpr int MERGE_QUADS = cmax(1, MONO_MERGE_LOADS / KV_SPLITS);  // quads a thread loads at once
+constexpr int MERGE_QUADS = cmax(1, 4 / KV_SPLITS);  // quads a thread loads at once: 4 float4 or fewer
 __device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int t) {
     for (int i = t; i < ROWS * nh; i += CONSUMERS) {
         const int m = i / nh, base = (m * NUM_HEADS + h0 + i % nh) * KV_SPLITS;
@@ -277,12 +260,13 @@ __device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int 
 }
 
 // store(m, c, value) for features c = 0..n-1 (k0 + c of heads h0..) of every row, merged (bf16, as the
-// reference's attention output). Every consumer thread calls it (it has a barrier).
+// reference's attention output).
 template <class Store>
-__device__ void merge_splits(const Params& p, float* merge, int h0, int nh, int k0, int n, int t, Store store) {
+__device__ void merge_features(const Params& p, const float* merge, int h0, int nh, int k0, int n, int t,
+                               Store store) {
     const int quads = ROWS * n / 4;
-    float4 v[MERGE_QUADS][KV_SPLITS];
-    auto load = [&](int q0) {
+    for (int q0 = t; q0 < quads; q0 += CONSUMERS * MERGE_QUADS) {
+        float4 v[MERGE_QUADS][KV_SPLITS];
 #pragma unroll
         for (int g = 0; g < MERGE_QUADS; ++g) {
             const int qi = q0 + g * CONSUMERS, m = qi * 4 / n, k = k0 + qi * 4 % n;
@@ -291,8 +275,6 @@ __device__ void merge_splits(const Params& p, float* merge, int h0, int nh, int 
             for (int s = 0; s < KV_SPLITS; ++s)
                 if (qi < quads) v[g][s] = __ldcg(reinterpret_cast<const float4*>(p.attn_o + base + s * HEAD_DIM));
         }
-    };
-    auto combine = [&](int q0) {
 #pragma unroll
         for (int g = 0; g < MERGE_QUADS; ++g) {
             const int qi = q0 + g * CONSUMERS, m = qi * 4 / n, c = qi * 4 % n, hi = (k0 + c) / HEAD_DIM - h0;
@@ -312,25 +294,15 @@ __device__ void merge_splits(const Params& p, float* merge, int h0, int nh, int 
             store(m, c + 2, __float2bfloat16(out.z / total));
             store(m, c + 3, __float2bfloat16(out.w / total));
         }
-    };
-#ifndef MONO_MERGE_EARLY
-#define MONO_MERGE_EARLY 1
-#endif
-    if (MONO_MERGE_EARLY) load(t);  // in flight while the scales are worked out
-    merge_scales(p, merge, h0, nh, t);
-    consumers_sync();
-    if (!MONO_MERGE_EARLY) load(t);
-    combine(t);
-    for (int q0 = t + CONSUMERS * MERGE_QUADS; q0 < quads; q0 += CONSUMERS * MERGE_QUADS) {
-        load(q0);
-        combine(q0);
     }
 }
 
 __device__ void op_attn_combine(const Params& p, const Instruction& ins, uint8_t* smem) {
     const int t = threadIdx.x, h0 = ins.group * GQA_GROUP;
     float* merge = reinterpret_cast<float*>(smem + OFF_RED);
-    merge_splits(p, merge, h0, GQA_GROUP, h0 * HEAD_DIM, GQA_GROUP * HEAD_DIM, t, [&](int m, int c, bf16 v) {
+    merge_scales(p, merge, h0, GQA_GROUP, t);
+    consumers_sync();
+    merge_features(p, merge, h0, GQA_GROUP, h0 * HEAD_DIM, GQA_GROUP * HEAD_DIM, t, [&](int m, int c, bf16 v) {
         __stcg(reinterpret_cast<unsigned short*>(p.attn + m * Q_SIZE + h0 * HEAD_DIM + c), __bfloat16_as_ushort(v));
     });
 }
@@ -340,6 +312,8 @@ __device__ void stage_attention(const Params& p, uint8_t* smem, int k0, int k1, 
     float* merge = reinterpret_cast<float*>(smem + OFF_RED);
     bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
     const int h0 = k0 / HEAD_DIM, nh = (k1 + HEAD_DIM - 1) / HEAD_DIM - h0;
-    merge_splits(p, merge, h0, nh, k0, k1 - k0, t, [&](int m, int c, bf16 v) { x[m * X_COLS + c] = v; });
+    merge_scales(p, merge, h0, nh, t);
+    consumers_sync();
+    merge_features(p, merge, h0, nh, k0, k1 - k0, t, [&](int m, int c, bf16 v) { x[m * X_COLS + c] = v; });
     consumers_sync();
 }

@@ -160,16 +160,17 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             const uint32_t index = p.queue[qi];
             const Instruction& ins = p.instructions[index];
             const unsigned long long started = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
-            AttnPass pass;  // attention's first keys, in flight during the wait
-            if (MONO_ATTN_EARLY && ins.opcode == OP_ATTN_PARTIAL) attn_first_pass(p, ins, epoch, pass);
-            if (t == 0) flags[FLAG_GO] = wait_for(p, ins, index, epoch, smem);
+            if (t == 0) {
+                if (MONO_ATTN_EARLY && ins.opcode == OP_ATTN_PARTIAL) attn_prefetch(p, ins, epoch);
+                flags[FLAG_GO] = wait_for(p, ins, index, epoch, smem);
+            }
             const unsigned long long ready = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();
             if (!flags[FLAG_GO]) goto done;
             switch (ins.opcode) {
                 case OP_EMBED: op_embed(p, ins); break;
                 case OP_QKV_ROPE: op_qkv_rope(p, ins, smem, ring, epoch, staged); break;
-                case OP_ATTN_PARTIAL: op_attn_partial(p, ins, smem, epoch, pass); break;
+                case OP_ATTN_PARTIAL: op_attn_partial(p, ins, smem, epoch); break;
                 case OP_ATTN_COMBINE: op_attn_combine(p, ins, smem); break;
                 case OP_O_PROJ: op_projection(p, ins, smem, ring, p.attn, Q_SIZE, epoch, staged); break;
                 case OP_GATE_UP: op_gate_up(p, ins, smem, ring, epoch, staged); break;
