@@ -29,11 +29,20 @@ __device__ __forceinline__ unsigned long long& seen_value(uint8_t* smem) {
 }
 
 // Thread 0 polls the instruction's counters; false when the launch must end instead (a stop before
-// this epoch, an abort by another CTA, or this wait timing out).
+// this epoch, an abort by another CTA, or this wait timing out). Only a wait on the epoch before
+// (EMBED's on the last SAMPLE, which lowers the launch's last epoch before it signals) reads the stop
+// afterwards: every other wait comes after EMBED's signal in its epoch, which never comes past a
+// stop, and the spin notices the stop. Reading the stop and abort flags after every wait cost two
+// round trips to L2 on every instruction (MONO_STOP_CHECK=1 keeps that).
+#ifndef MONO_STOP_CHECK
+#define MONO_STOP_CHECK 0
+#endif
 __device__ bool wait_for(const Params& p, const Instruction& ins, uint32_t index, unsigned long long epoch,
                          uint8_t* smem) {
     const unsigned long long start = mono_ptx::globaltimer();
+    bool lagged = MONO_STOP_CHECK;
     for (uint32_t j = 0; j < ins.num_waits; ++j) {
+        lagged |= ins.wait_lag[j] > 0;
         const unsigned long long target = (epoch - ins.wait_lag[j]) * ins.wait_count[j];
         if (MONO_WAIT_CACHE && ins.wait_counter[j] == seen_counter(smem) && seen_value(smem) >= target) continue;
         const unsigned long long* counter = p.counters + ins.wait_counter[j];
@@ -57,8 +66,8 @@ __device__ bool wait_for(const Params& p, const Instruction& ins, uint32_t index
         seen_counter(smem) = ins.wait_counter[j];
         seen_value(smem) = value;
     }
-    return *reinterpret_cast<volatile unsigned long long*>(p.stop_epoch) >= epoch &&
-           !*reinterpret_cast<volatile int32_t*>(p.abort_flag);
+    return !lagged || (*reinterpret_cast<volatile unsigned long long*>(p.stop_epoch) >= epoch &&
+                       !*reinterpret_cast<volatile int32_t*>(p.abort_flag));
 }
 
 // Walks the pages of one SM's weight stream: its queue's tiles in order, epoch after epoch.
