@@ -20,11 +20,12 @@ constexpr int PAGE_ARRIVALS = 32;  // arrivals that free a page (matvec.cuh: rel
 // for them (measured: 2.5-3.4 us after a 256 KiB tile with twelve 16 KiB pages in flight, 0.6-0.8
 // us with two and the pause). So the producer keeps MONO_IN_FLIGHT copies in flight at most, and
 // with MONO_PAUSE issues none while a release is pending (MONO_PAUSE=2: from the end of the
-// instruction's matvec, so the copies in flight land during its epilogue). Two in flight were too few for the SM's
+// instruction's matvec, so the copies in flight land during its epilogue and the release's fence
+// waits for fewer). Two in flight were too few for the SM's
 // share of HBM once the matvecs ran on the tensor cores: four gave llama-3.2-1b 1230 -> 1270 tok/s,
 // qwen3-1.7b 705 -> 713 (three to six measured alike; H200).
 #ifndef MONO_PAUSE
-#define MONO_PAUSE 1
+#define MONO_PAUSE 2  // llama-3.2-1b 1070.6 -> 1090.7 tok/s against 1 (H100, 6348926)
 #endif
 #ifndef MONO_IN_FLIGHT
 #define MONO_IN_FLIGHT 4
