@@ -5,8 +5,9 @@ last epoch: when its wait began, when its inputs were ready, when its matvec inp
 when its matvec was done, when it finished, when the producer issued its last weight page, how
 long the matvec waited for pages, when thread 0 ended the op, and how long the producer waited for
 a free page (the consumers behind: "full"), for its copies in flight ("land": HBM behind) and for a
-release ("pause") while it issued the instruction's pages. The time after the matvec splits into the epilogue (to the op's end)
-and the release (the barrier of every consumer thread and the signal). `summarize` turns that into what `sonic bench --profile` reports.
+release ("pause") while it issued the instruction's pages. The time after the matvec splits into
+the epilogue (to the op's end) and the release (the barrier of every consumer thread and the
+signal). `summarize` turns that into what `sonic bench --profile` reports.
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def format_profile(runner: str, summary: dict) -> str:
     for name, o in summary["ops"].items():
         lines.append(f"  {name:<13}{o['count']:>7}{o['weight_kib']:>7.0f}{o['wait_us']:>8.2f}{o['busy_us']:>8.2f}"
                      f"{o['stage_us']:>8.2f}{o['matvec_us']:>8.2f}{o['epilogue_us']:>8.2f}{o['release_us']:>8.2f}"
-                     f"{o['page_wait_us']:>8.2f}{o.get('ring_full_us', 0):>7.2f}{o.get('landing_us', 0):>7.2f}{o.get('paused_us', 0):>7.2f}")
+                     f"{o['page_wait_us']:>8.2f}{o.get('ring_full_us', 0):>7.2f}{o.get('landing_us', 0):>7.2f}"
+                     f"{o.get('paused_us', 0):>7.2f}")
     if summary.get("phases"):
         lines.append("  a layer's chain, us after the layer before ended (median over layers): "
                      + ", ".join(f"{name} {ph['first_ready_us']:.1f}-{ph['last_end_us']:.1f}"
