@@ -95,7 +95,7 @@ def run(preset: str, specs: list[str]) -> None:
         del runner
         torch.cuda.empty_cache()
     torch.save(saved, out / f"mono-ab-{preset}.pt")
-    report = {"preset": preset, "device": device_name("cuda"), "date": datetime.date.today().isoformat(),
+    report = {"benchmark": "mono-ab", "model": preset, "dtype": "bfloat16", "device": device_name("cuda"), "date": datetime.date.today().isoformat(),
               "commit": git_commit(), "read_bandwidth_gbs": bandwidth / 1e9,
               "variants": {spec: {"timed": v["timed"], "profile": v["summary"]} for spec, v in saved.items()}}
     (out / f"mono-ab-{preset}.json").write_text(json.dumps(report, indent=1))
