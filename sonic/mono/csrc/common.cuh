@@ -27,6 +27,10 @@ constexpr int PAGE_ARRIVALS = 32;  // arrivals that free a page (matvec.cuh: rel
 #ifndef MONO_PAUSE
 #define MONO_PAUSE 2  // llama-3.2-1b 1070.6 -> 1090.7 tok/s against 1 (H100, 6348926)
 #endif
+// MONO_PAUSE_STAGE: none either while QKV or O stage their inputs (round trips to L2), an experiment.
+#ifndef MONO_PAUSE_STAGE
+#define MONO_PAUSE_STAGE 0
+#endif
 #ifndef MONO_IN_FLIGHT
 #define MONO_IN_FLIGHT 4
 #endif

@@ -95,6 +95,13 @@ struct Cursor {
     }
 };
 
+// Attention's loads are round trips to L2 that queue behind the SM's copies in flight: with
+// MONO_PAUSE_ATTN the producer issues none from attention's wait (1) or the end of it (2) to its
+// release (its ring is full by then on most SMs anyway).
+#ifndef MONO_PAUSE_ATTN
+#define MONO_PAUSE_ATTN 0
+#endif
+
 __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q1) {
     uint64_t* full = reinterpret_cast<uint64_t*>(smem + OFF_FULL);
     uint64_t* empty = reinterpret_cast<uint64_t*>(smem + OFF_EMPTY);
@@ -171,7 +178,12 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             const unsigned long long started = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             if (t == 0) {
                 if (MONO_ATTN_EARLY && ins.opcode == OP_ATTN_PARTIAL) attn_prefetch(p, ins, epoch);
+                const bool pause_attn = MONO_PAUSE_ATTN && ins.opcode == OP_ATTN_PARTIAL;
+                if (pause_attn && MONO_PAUSE_ATTN == 1) flag_set(flags, FLAG_PAUSE, 1);
                 flags[FLAG_GO] = wait_for(p, ins, index, epoch, smem);
+                if (pause_attn && MONO_PAUSE_ATTN == 2) flag_set(flags, FLAG_PAUSE, 1);
+                if (MONO_PAUSE_STAGE && (ins.opcode == OP_QKV_ROPE || ins.opcode == OP_O_PROJ))
+                    flag_set(flags, FLAG_PAUSE, 1);  // until the matvec starts (matvec_tile)
             }
             const unsigned long long ready = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();

@@ -1,6 +1,19 @@
 // The opcodes other than attention and the token choice: embedding, QKV with RoPE and the KV
 // append, projections into the residual, gate/up with SiLU.
 
+// What an epilogue reads that does not depend on the matvec (QKV's RoPE factors at the position, the
+// residual rows a projection adds to) is copied into the attention scratch, free outside attention,
+// before the matvec (cp.async: no registers held, the consumers are at the cap), so the epilogue does
+// not wait a round trip to L2 behind the SM's weight copies in flight for it.
+#ifndef MONO_ROPE_EARLY
+#define MONO_ROPE_EARLY 1
+#endif
+#ifndef MONO_H_EARLY
+#define MONO_H_EARLY 1
+#endif
+constexpr bool ROPE_EARLY = MONO_ROPE_EARLY && !NORM_IN_ATTENTION && 2 * ROWS * HEAD_DIM <= ATTN_FLOATS;
+constexpr bool H_EARLY = MONO_H_EARLY && K_SPLITS == 1 && TILE_ROWS * ROWS <= ATTN_FLOATS;
+
 __device__ void op_embed(const Params& p, const Instruction& ins) {
     const int t = threadIdx.x;
     for (int m = 0; m < ROWS; ++m) {
@@ -34,6 +47,14 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
     float* y = reinterpret_cast<float*>(smem + OFF_Y);
     float* stat = reinterpret_cast<float*>(smem + OFF_STAT);
     if (staged.fresh(epoch, ins)) stage_norm(p, smem, small + SMALL_ATTN_NORM, t);
+    float* rope = reinterpret_cast<float*>(smem + OFF_ATTN);  // [ROWS][cos, sin][HEAD_DIM] at the position
+    if (ROPE_EARLY)
+        for (int i = t; i < ROWS * HEAD_DIM / 2; i += CONSUMERS) {
+            const int m = i / (HEAD_DIM / 2), j = i % (HEAD_DIM / 2), half = HEAD_DIM / 4;
+            const size_t row = static_cast<size_t>(position(p, m, epoch)) * HEAD_DIM;
+            mono_ptx::cp_async_16<true>(rope + m * 2 * HEAD_DIM + 4 * j,
+                                        j < half ? p.cos + row + 4 * j : p.sin + row + 4 * (j - half));
+        }
     matvec_tile(p, smem, ring, ins.weight_bytes, slots * per_slot, t);
     // Round as the reference's bf16 matmul does, then add the bias in bf16.
     for (int i = t; i < slots * per_slot * ROWS; i += CONSUMERS) {
@@ -80,8 +101,8 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
             a = bf16_round(__bfloat162float(wn[d]) * bf16_round(a * r));
             b = bf16_round(__bfloat162float(wn[d + HALF_DIM]) * bf16_round(b * r));
         }
-        const float* cs = p.cos + static_cast<size_t>(pos) * HEAD_DIM;
-        const float* sn = p.sin + static_cast<size_t>(pos) * HEAD_DIM;
+        const float* cs = ROPE_EARLY ? rope + m * 2 * HEAD_DIM : p.cos + static_cast<size_t>(pos) * HEAD_DIM;
+        const float* sn = ROPE_EARLY ? cs + HEAD_DIM : p.sin + static_cast<size_t>(pos) * HEAD_DIM;
         const float ra = a * __ldg(cs + d) - b * __ldg(sn + d);
         const float rb = b * __ldg(cs + d + HALF_DIM) + a * __ldg(sn + d + HALF_DIM);
         store_pair(head, d, ra, rb);
@@ -93,6 +114,7 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
                               int ld, unsigned long long epoch, Staged& staged) {
     const int t = threadIdx.x, rows = ins.tile_end - ins.tile_begin;
     const float* y = reinterpret_cast<const float*>(smem + OFF_Y);
+    // The residual rows this tile adds to ([ROWS][rows]): only this tile writes them in this phase.
     if (staged.fresh(epoch, ins)) {
         if (COMBINE_IN_O && ins.opcode == OP_O_PROJ) {
             stage_attention(p, smem, ins.k_begin, ins.k_end, t);
@@ -100,6 +122,13 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
             stage_rows(smem, src, ld, ins.k_begin, ins.k_end - ins.k_begin, t);
         }
     }
+    float* h_old = reinterpret_cast<float*>(smem + OFF_ATTN);
+    const bool h_early = H_EARLY && rows % 4 == 0 && ins.tile_begin % 4 == 0;
+    if (h_early)
+        for (int i = t; i < ROWS * rows / 4; i += CONSUMERS) {
+            const int m = i / (rows / 4), c = 4 * (i % (rows / 4));
+            mono_ptx::cp_async_16<false>(h_old + m * rows + c, p.h + m * HIDDEN_SIZE + ins.tile_begin + c);
+        }
     matvec_tile(p, smem, ring, ins.weight_bytes, rows, t);
     if (NORM_IN_ATTENTION && ins.opcode == OP_O_PROJ && ins.tile_begin == 0 && ins.split == 0)
         write_new_k(p, ins, smem, epoch, t);  // every split has read the cache (O waits on them all)
@@ -108,7 +137,7 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
         const float v = bf16_round(y[i]);  // the reference's bf16 matmul output
         if (K_SPLITS == 1) {
             float* dst = p.h + m * HIDDEN_SIZE + r;
-            __stcg(dst, __ldcg(dst) + v);
+            __stcg(dst, (h_early ? h_old[m * rows + r - ins.tile_begin] : __ldcg(dst)) + v);
         } else {
             __stcg(p.kpart + (static_cast<size_t>(ins.split) * ROWS + m) * HIDDEN_SIZE + r, v);
         }

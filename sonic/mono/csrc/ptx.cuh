@@ -55,6 +55,17 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t b
         ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)), "l"(policy) : "memory");
 }
 
+// 16 bytes global -> shared without a register (completed by cp_async_wait_all): .cg reads L2 only
+// (for data other SMs write), .ca may keep it in L1 (read-only tables).
+template <bool L1>
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src) {
+    if (L1) asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+    else asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+
+// This thread's cp_async_16 copies have landed (a barrier after it shows them to the others).
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
 __device__ __forceinline__ uint64_t evict_first_policy() {
     uint64_t policy;
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
