@@ -103,8 +103,12 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
         }
         const float* cs = ROPE_EARLY ? rope + m * 2 * HEAD_DIM : p.cos + static_cast<size_t>(pos) * HEAD_DIM;
         const float* sn = ROPE_EARLY ? cs + HEAD_DIM : p.sin + static_cast<size_t>(pos) * HEAD_DIM;
-        const float ra = a * __ldg(cs + d) - b * __ldg(sn + d);
-        const float rb = b * __ldg(cs + d + HALF_DIM) + a * __ldg(sn + d + HALF_DIM);
+        // Shared memory (plain loads) or the read-only table.
+        const float c0 = ROPE_EARLY ? cs[d] : __ldg(cs + d), s0 = ROPE_EARLY ? sn[d] : __ldg(sn + d);
+        const float c1 = ROPE_EARLY ? cs[d + HALF_DIM] : __ldg(cs + d + HALF_DIM);
+        const float s1 = ROPE_EARLY ? sn[d + HALF_DIM] : __ldg(sn + d + HALF_DIM);
+        const float ra = a * c0 - b * s0;
+        const float rb = b * c1 + a * s1;
         store_pair(head, d, ra, rb);
     }
 }
