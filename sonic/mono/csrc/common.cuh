@@ -90,7 +90,8 @@ constexpr int NUM_PAGES = (SMEM_BYTES - OFF_PAGES) / PAGE_BYTES < MAX_PAGES ? (S
 static_assert(NUM_PAGES >= 2, "the model's activations leave no room for the weight ring: use fewer rows");
 
 enum Flag { FLAG_GO = 0, FLAG_EXIT = 1, FLAG_CONSUMED = 2, FLAG_PAUSE = 3, FLAG_STAMPS = 4,  // stamps: 3 x uint64
-            FLAG_SEEN = 10 };  // consumer thread 0's last poll: counter (uint32), then its value (uint64 at 12)
+            FLAG_SEEN = 10,  // consumer thread 0's last poll: counter (uint32), then its value (uint64 at 12)
+            FLAG_DEFER = 14, FLAG_PENDING = 15 };  // thread 0: this release deferred; signals deferred so far
 // wait began, inputs ready, inputs staged, matvec done, done; the producer's issue of the last page,
 // (thread 0) the ns the matvec spent waiting for its pages to land, and thread 0's end of the op
 // (before the barrier and the release); the producer's ns waiting for a free page, for copies in

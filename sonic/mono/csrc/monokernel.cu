@@ -95,6 +95,22 @@ struct Cursor {
     }
 };
 
+// With MONO_BATCH_SIGNALS an instruction followed on its SM by one that signals the same counter and
+// does not wait on it (an SM's first gate/up tile, its LM-head tiles but the last) releases nothing:
+// the next release adds both. Nobody waits on such a counter before all of its signals are in, so
+// nothing is later for it, and the SM spares a fence and the producer's pause per tile. Within an
+// epoch only: every instruction of an epoch whose EMBED ran also runs (a stop ends the next epoch).
+#ifndef MONO_BATCH_SIGNALS
+#define MONO_BATCH_SIGNALS 0
+#endif
+__device__ __forceinline__ bool defer_signal(const Params& p, const Instruction& ins, uint32_t qi, uint32_t q1) {
+    if (!MONO_BATCH_SIGNALS || qi + 1 >= q1) return false;
+    const Instruction& next = p.instructions[p.queue[qi + 1]];
+    bool defer = next.signal == ins.signal;
+    for (uint32_t j = 0; j < next.num_waits; ++j) defer &= next.wait_counter[j] != ins.signal;
+    return defer;
+}
+
 // Attention's loads are round trips to L2 that queue behind the SM's copies in flight: with
 // MONO_PAUSE_ATTN the producer issues none from attention's wait (1) or the end of it (2) to its
 // release (its ring is full by then on most SMs anyway).
@@ -182,6 +198,7 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
                 if (pause_attn && MONO_PAUSE_ATTN == 1) flag_set(flags, FLAG_PAUSE, 1);
                 flags[FLAG_GO] = wait_for(p, ins, index, epoch, smem);
                 if (pause_attn && MONO_PAUSE_ATTN == 2) flag_set(flags, FLAG_PAUSE, 1);
+                if (MONO_BATCH_SIGNALS) flags[FLAG_DEFER] = defer_signal(p, ins, qi, q1);
                 if (MONO_PAUSE_STAGE && (ins.opcode == OP_QKV_ROPE || ins.opcode == OP_O_PROJ))
                     flag_set(flags, FLAG_PAUSE, 1);  // until the matvec starts (matvec_tile)
             }
@@ -204,9 +221,14 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             const unsigned long long op_done = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();  // every thread's stores are done before the release
             if (t == 0) {
-                if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 1);
-                mono_ptx::red_release_add(p.counters + ins.signal, 1ull);
-                if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 0);
+                if (MONO_BATCH_SIGNALS && flags[FLAG_DEFER]) {
+                    ++flags[FLAG_PENDING];
+                } else {
+                    if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 1);
+                    mono_ptx::red_release_add(p.counters + ins.signal, 1ull + (MONO_BATCH_SIGNALS ? flags[FLAG_PENDING] : 0));
+                    if (MONO_BATCH_SIGNALS) flags[FLAG_PENDING] = 0;
+                    if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 0);
+                }
             }
             if (p.profile && t == 0) {
                 unsigned long long* out = p.profile + PROFILE_STAMPS * index;
@@ -247,6 +269,8 @@ extern "C" __global__ void __maxnreg__(168) mono_decode(const __grid_constant__ 
         flags[FLAG_EXIT] = 0;
         flags[FLAG_CONSUMED] = 0;
         flags[FLAG_PAUSE] = 0;
+        flags[FLAG_DEFER] = 0;
+        flags[FLAG_PENDING] = 0;
         mono_ptx::fence_barrier_init();
     }
     __syncthreads();
