@@ -94,11 +94,13 @@ def run(preset: str, specs: list[str]) -> None:
                      summary["layer_us"]["median"]))
         del runner
         torch.cuda.empty_cache()
+        # Written after every variant: a run cut short keeps what it measured.
+        report = {"benchmark": "mono-ab", "model": preset, "dtype": "bfloat16", "device": device_name("cuda"),
+                  "date": datetime.date.today().isoformat(), "commit": git_commit(),
+                  "read_bandwidth_gbs": bandwidth / 1e9,
+                  "variants": {s: {"timed": v["timed"], "profile": v["summary"]} for s, v in saved.items()}}
+        (out / f"mono-ab-{preset}.json").write_text(json.dumps(report, indent=1))
     torch.save(saved, out / f"mono-ab-{preset}.pt")
-    report = {"benchmark": "mono-ab", "model": preset, "dtype": "bfloat16", "device": device_name("cuda"), "date": datetime.date.today().isoformat(),
-              "commit": git_commit(), "read_bandwidth_gbs": bandwidth / 1e9,
-              "variants": {spec: {"timed": v["timed"], "profile": v["summary"]} for spec, v in saved.items()}}
-    (out / f"mono-ab-{preset}.json").write_text(json.dumps(report, indent=1))
     base_tokens = saved[specs[0]]["tokens"]
     print(f"\n{preset} ({bandwidth / 1e9:.0f} GB/s read)")
     print(f"{'variant':<44}{'tok/s':>9}{'ms/tok':>9}{'epoch us':>10}{'layer us':>10}  tokens as the first")

@@ -3,7 +3,7 @@
 # some of its GPU tests, then `sonic bench --runner mono --compare graph --profile` per preset.
 # Kernels built ahead (SONIC_CACHE_DIR=.cuda_cache) are used from .cuda_cache/. Reports land in $OUT.
 # AB="preset:variant,variant;preset:variant" (variants as mono_ab.py takes them, joined by spaces
-# inside: "llama-3.2-1b:base MONO_L2_AHEAD=8"); TESTS_K: pytest -k of tests/mono/test_mono_gpu.py
+# inside: "llama-3.2-1b:base MONO_IN_FLIGHT=6"); TESTS_K: pytest -k of tests/mono/test_mono_gpu.py
 # ("none" skips); BENCH_PRESETS (default llama-3.2-1b smollm2-135m).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -259,26 +259,6 @@ __device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int 
     }
 }
 
-// Four features of row m, head h0 + hi, from the splits' partials v: store(j, value) for j = 0..3.
-template <class Store>
-__device__ __forceinline__ void merge_quad(const float* merge, const float4 (&v)[KV_SPLITS], int m, int hi, int nh,
-                                           Store store) {
-    const float* scale = merge + (m * nh + hi) * KV_SPLITS;
-    float4 out = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int s = 0; s < KV_SPLITS; ++s) {
-        out.x += scale[s] * v[s].x;
-        out.y += scale[s] * v[s].y;
-        out.z += scale[s] * v[s].z;
-        out.w += scale[s] * v[s].w;
-    }
-    const float total = merge[ROWS * nh * KV_SPLITS + m * nh + hi];
-    store(0, __float2bfloat16(out.x / total));
-    store(1, __float2bfloat16(out.y / total));
-    store(2, __float2bfloat16(out.z / total));
-    store(3, __float2bfloat16(out.w / total));
-}
-
 // store(m, c, value) for features c = 0..n-1 (k0 + c of heads h0..) of every row, merged (bf16, as the
 // reference's attention output).
 template <class Store>
@@ -299,7 +279,20 @@ __device__ void merge_features(const Params& p, const float* merge, int h0, int 
         for (int g = 0; g < MERGE_QUADS; ++g) {
             const int qi = q0 + g * CONSUMERS, m = qi * 4 / n, c = qi * 4 % n, hi = (k0 + c) / HEAD_DIM - h0;
             if (qi >= quads) break;
-            merge_quad(merge, v[g], m, hi, nh, [&](int j, bf16 value) { store(m, c + j, value); });
+            const float* scale = merge + (m * nh + hi) * KV_SPLITS;
+            float4 out = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int s = 0; s < KV_SPLITS; ++s) {
+                out.x += scale[s] * v[g][s].x;
+                out.y += scale[s] * v[g][s].y;
+                out.z += scale[s] * v[g][s].z;
+                out.w += scale[s] * v[g][s].w;
+            }
+            const float total = merge[ROWS * nh * KV_SPLITS + m * nh + hi];
+            store(m, c, __float2bfloat16(out.x / total));
+            store(m, c + 1, __float2bfloat16(out.y / total));
+            store(m, c + 2, __float2bfloat16(out.z / total));
+            store(m, c + 3, __float2bfloat16(out.w / total));
         }
     }
 }
@@ -314,43 +307,13 @@ __device__ void op_attn_combine(const Params& p, const Instruction& ins, uint8_t
     });
 }
 
-// With MONO_MERGE_EARLY, when a thread's share of O's widest k range is a few float4 per split (head_dim
-// 64 models), it loads the splits' features before the scales are worked out, so the merge waits one
-// round trip to L2, not two (more registers spilled on head_dim 128 builds).
-#ifndef MONO_MERGE_EARLY
-#define MONO_MERGE_EARLY 1
-#endif
-constexpr int MERGE_EARLY_STEPS = (ROWS * Q_SIZE / 4 + CONSUMERS - 1) / CONSUMERS;  // quads per thread, at most
-constexpr bool MERGE_EARLY = MONO_MERGE_EARLY && HEAD_DIM <= 64 && MERGE_EARLY_STEPS * KV_SPLITS <= 8;
-
 // O's inputs with the merge folded in: x[m][c] = attention output feature k0 + c.
 __device__ void stage_attention(const Params& p, uint8_t* smem, int k0, int k1, int t) {
     float* merge = reinterpret_cast<float*>(smem + OFF_RED);
     bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
-    const int h0 = k0 / HEAD_DIM, nh = (k1 + HEAD_DIM - 1) / HEAD_DIM - h0, n = k1 - k0;
-    if constexpr (MERGE_EARLY) {
-        const int quads = ROWS * n / 4;
-        float4 v[MERGE_EARLY_STEPS][KV_SPLITS];
-#pragma unroll
-        for (int g = 0; g < MERGE_EARLY_STEPS; ++g) {
-            const int qi = t + g * CONSUMERS, m = qi * 4 / n, k = k0 + qi * 4 % n;
-            const size_t base = static_cast<size_t>(m * NUM_HEADS + k / HEAD_DIM) * KV_SPLITS * HEAD_DIM + k % HEAD_DIM;
-#pragma unroll
-            for (int s = 0; s < KV_SPLITS; ++s)
-                if (qi < quads) v[g][s] = __ldcg(reinterpret_cast<const float4*>(p.attn_o + base + s * HEAD_DIM));
-        }
-        merge_scales(p, merge, h0, nh, t);
-        consumers_sync();
-#pragma unroll
-        for (int g = 0; g < MERGE_EARLY_STEPS; ++g) {
-            const int qi = t + g * CONSUMERS, m = qi * 4 / n, c = qi * 4 % n, hi = (k0 + c) / HEAD_DIM - h0;
-            if (qi >= quads) break;
-            merge_quad(merge, v[g], m, hi, nh, [&](int j, bf16 value) { x[m * X_COLS + c + j] = value; });
-        }
-    } else {
-        merge_scales(p, merge, h0, nh, t);
-        consumers_sync();
-        merge_features(p, merge, h0, nh, k0, n, t, [&](int m, int c, bf16 v) { x[m * X_COLS + c] = v; });
-    }
+    const int h0 = k0 / HEAD_DIM, nh = (k1 + HEAD_DIM - 1) / HEAD_DIM - h0;
+    merge_scales(p, merge, h0, nh, t);
+    consumers_sync();
+    merge_features(p, merge, h0, nh, k0, k1 - k0, t, [&](int m, int c, bf16 v) { x[m * X_COLS + c] = v; });
     consumers_sync();
 }

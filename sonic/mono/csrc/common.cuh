@@ -27,18 +27,10 @@ constexpr int PAGE_ARRIVALS = 32;  // arrivals that free a page (matvec.cuh: rel
 #ifndef MONO_PAUSE
 #define MONO_PAUSE 2  // llama-3.2-1b 1070.6 -> 1090.7 tok/s against 1 (H100, 6348926)
 #endif
-// MONO_PAUSE_STAGE: none either while QKV or O stage their inputs (round trips to L2), an experiment.
-#ifndef MONO_PAUSE_STAGE
-#define MONO_PAUSE_STAGE 0
-#endif
 #ifndef MONO_IN_FLIGHT
 #define MONO_IN_FLIGHT 4
 #endif
 constexpr uint32_t IN_FLIGHT = MONO_IN_FLIGHT;
-#ifndef MONO_L2_AHEAD
-#define MONO_L2_AHEAD 0
-#endif
-constexpr uint32_t L2_AHEAD = MONO_L2_AHEAD;
 constexpr int SMEM_BYTES = 227 * 1024;  // dynamic shared memory of the launch: Hopper's maximum
 
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
@@ -90,8 +82,7 @@ constexpr int NUM_PAGES = (SMEM_BYTES - OFF_PAGES) / PAGE_BYTES < MAX_PAGES ? (S
 static_assert(NUM_PAGES >= 2, "the model's activations leave no room for the weight ring: use fewer rows");
 
 enum Flag { FLAG_GO = 0, FLAG_EXIT = 1, FLAG_CONSUMED = 2, FLAG_PAUSE = 3, FLAG_STAMPS = 4,  // stamps: 3 x uint64
-            FLAG_SEEN = 10,  // consumer thread 0's last poll: counter (uint32), then its value (uint64 at 12)
-            FLAG_DEFER = 14, FLAG_PENDING = 15 };  // thread 0: this release deferred; signals deferred so far
+            FLAG_SEEN = 10 };  // consumer thread 0's last poll: counter (uint32), then its value (uint64 at 12)
 // wait began, inputs ready, inputs staged, matvec done, done; the producer's issue of the last page,
 // (thread 0) the ns the matvec spent waiting for its pages to land, and thread 0's end of the op
 // (before the barrier and the release); the producer's ns waiting for a free page, for copies in

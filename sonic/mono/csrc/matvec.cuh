@@ -335,7 +335,6 @@ __device__ void matvec_shared_pages(const Params& p, uint8_t* smem, Ring& ring, 
 // y[r][m] = sum_k W[r][k] x[m][k] for the instruction's tile of `rows` rows, its pages taken from the
 // ring in order; y as fp32 [rows][ROWS] in shared memory.
 __device__ void matvec_tile(const Params& p, uint8_t* smem, Ring& ring, uint32_t bytes, int rows, int t) {
-    if (MONO_PAUSE_STAGE && t == 0) atomicExch(reinterpret_cast<uint32_t*>(smem + OFF_FLAGS) + FLAG_PAUSE, 0u);
     stamp(p, smem, 0);
     unsigned long long page_wait = 0;
     const bool warp_pages = warp_pages_fit(rows);
@@ -356,8 +355,7 @@ __device__ void matvec_tile(const Params& p, uint8_t* smem, Ring& ring, uint32_t
     }
     mono_ptx::cp_async_wait_all();  // the epilogue's early loads (ops.cuh), seen by all after the barrier
     consumers_sync();
-    if (MONO_PAUSE == 2 && t == 0 && !reinterpret_cast<uint32_t*>(smem + OFF_FLAGS)[FLAG_DEFER])
-        atomicExch(reinterpret_cast<uint32_t*>(smem + OFF_FLAGS) + FLAG_PAUSE, 1u);
+    if (MONO_PAUSE == 2 && t == 0) atomicExch(reinterpret_cast<uint32_t*>(smem + OFF_FLAGS) + FLAG_PAUSE, 1u);
     stamp(p, smem, 1);
     if (p.profile && t == 0) reinterpret_cast<unsigned long long*>(smem + OFF_FLAGS + 4 * FLAG_STAMPS)[2] = page_wait;
 }
