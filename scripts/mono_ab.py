@@ -68,6 +68,8 @@ def run(preset: str, specs: list[str]) -> None:
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (PROMPT,), generator=gen).tolist()
     bandwidth = measure_read_bandwidth()
+    header = {"benchmark": "mono-ab", "model": preset, "dtype": "bfloat16", "device": device_name("cuda"),
+              "date": datetime.date.today().isoformat(), "commit": git_commit(), "read_bandwidth_gbs": bandwidth / 1e9}
     saved, rows = {}, []
     for spec in specs:
         tiling, defines = parse_variant(spec, default_tiling(model.config))
@@ -95,10 +97,7 @@ def run(preset: str, specs: list[str]) -> None:
         del runner
         torch.cuda.empty_cache()
         # Written after every variant: a run cut short keeps what it measured.
-        report = {"benchmark": "mono-ab", "model": preset, "dtype": "bfloat16", "device": device_name("cuda"),
-                  "date": datetime.date.today().isoformat(), "commit": git_commit(),
-                  "read_bandwidth_gbs": bandwidth / 1e9,
-                  "variants": {s: {"timed": v["timed"], "profile": v["summary"]} for s, v in saved.items()}}
+        report = {**header, "variants": {s: {"timed": v["timed"], "profile": v["summary"]} for s, v in saved.items()}}
         (out / f"mono-ab-{preset}.json").write_text(json.dumps(report, indent=1))
     torch.save(saved, out / f"mono-ab-{preset}.pt")
     base_tokens = saved[specs[0]]["tokens"]

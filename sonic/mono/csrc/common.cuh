@@ -27,6 +27,12 @@ constexpr int PAGE_ARRIVALS = 32;  // arrivals that free a page (matvec.cuh: rel
 #ifndef MONO_PAUSE
 #define MONO_PAUSE 2  // llama-3.2-1b 1070.6 -> 1090.7 tok/s against 1 (H100, 6348926)
 #endif
+// Attention's loads queue behind the copies in flight as well: with MONO_PAUSE_ATTN none is issued
+// from attention's wait to its release (its ring is full by then on most SMs anyway): llama-3.2-1b
+// 1101.6 -> 1111.2 tok/s (H100, 5d2a7fa).
+#ifndef MONO_PAUSE_ATTN
+#define MONO_PAUSE_ATTN 1
+#endif
 #ifndef MONO_IN_FLIGHT
 #define MONO_IN_FLIGHT 4
 #endif

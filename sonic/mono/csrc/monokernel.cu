@@ -95,13 +95,6 @@ struct Cursor {
     }
 };
 
-// Attention's loads are round trips to L2 that queue behind the SM's copies in flight: the producer
-// issues none from attention's wait to its release (MONO_PAUSE_ATTN; its ring is full by then on
-// most SMs anyway): llama-3.2-1b 1101.6 -> 1111.2 tok/s (H100, 5d2a7fa).
-#ifndef MONO_PAUSE_ATTN
-#define MONO_PAUSE_ATTN 1
-#endif
-
 __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q1) {
     uint64_t* full = reinterpret_cast<uint64_t*>(smem + OFF_FULL);
     uint64_t* empty = reinterpret_cast<uint64_t*>(smem + OFF_EMPTY);

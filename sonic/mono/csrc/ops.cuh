@@ -101,14 +101,11 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
             a = bf16_round(__bfloat162float(wn[d]) * bf16_round(a * r));
             b = bf16_round(__bfloat162float(wn[d + HALF_DIM]) * bf16_round(b * r));
         }
+        // The copies in shared memory, or the table itself (plain loads serve both).
         const float* cs = ROPE_EARLY ? rope + m * 2 * HEAD_DIM : p.cos + static_cast<size_t>(pos) * HEAD_DIM;
         const float* sn = ROPE_EARLY ? cs + HEAD_DIM : p.sin + static_cast<size_t>(pos) * HEAD_DIM;
-        // Shared memory (plain loads) or the read-only table.
-        const float c0 = ROPE_EARLY ? cs[d] : __ldg(cs + d), s0 = ROPE_EARLY ? sn[d] : __ldg(sn + d);
-        const float c1 = ROPE_EARLY ? cs[d + HALF_DIM] : __ldg(cs + d + HALF_DIM);
-        const float s1 = ROPE_EARLY ? sn[d + HALF_DIM] : __ldg(sn + d + HALF_DIM);
-        const float ra = a * c0 - b * s0;
-        const float rb = b * c1 + a * s1;
+        const float ra = a * cs[d] - b * sn[d];
+        const float rb = b * cs[d + HALF_DIM] + a * sn[d + HALF_DIM];
         store_pair(head, d, ra, rb);
     }
 }
@@ -118,7 +115,6 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
                               int ld, unsigned long long epoch, Staged& staged) {
     const int t = threadIdx.x, rows = ins.tile_end - ins.tile_begin;
     const float* y = reinterpret_cast<const float*>(smem + OFF_Y);
-    // The residual rows this tile adds to ([ROWS][rows]): only this tile writes them in this phase.
     if (staged.fresh(epoch, ins)) {
         if (COMBINE_IN_O && ins.opcode == OP_O_PROJ) {
             stage_attention(p, smem, ins.k_begin, ins.k_end, t);
@@ -126,6 +122,7 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
             stage_rows(smem, src, ld, ins.k_begin, ins.k_end - ins.k_begin, t);
         }
     }
+    // The residual rows this tile adds to ([ROWS][rows]): only this tile writes them in this phase.
     float* h_old = reinterpret_cast<float*>(smem + OFF_ATTN);
     const bool h_early = H_EARLY && rows % 4 == 0 && ins.tile_begin % 4 == 0;
     if (h_early)
