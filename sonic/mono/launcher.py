@@ -102,9 +102,10 @@ class MonoKernel:
             "h": torch.zeros(m, c.hidden_size, device=dev),
             "q": torch.zeros(m, c.q_size, dtype=torch.bfloat16, device=dev),
             "k_new": torch.zeros(m, c.kv_size, dtype=torch.bfloat16, device=dev),
-            "attn_o": torch.zeros(m, c.num_attention_heads, t.kv_splits, c.head_dim, device=dev),
-            "attn_max": torch.zeros(m, c.num_attention_heads, t.kv_splits, device=dev),
-            "attn_sum": torch.zeros(m, c.num_attention_heads, t.kv_splits, device=dev),
+            # Two floats per value: a value and its flag when O reads them as they come (attention.cuh)
+            "attn_o": torch.zeros(m, c.num_attention_heads, t.kv_splits, c.head_dim, 2, device=dev),
+            "attn_max": torch.zeros(m, c.num_attention_heads, t.kv_splits, 2, device=dev),
+            "attn_sum": torch.zeros(m, c.num_attention_heads, t.kv_splits, 2, device=dev),
             "attn": torch.zeros(m, c.q_size, dtype=torch.bfloat16, device=dev),
             "kpart": torch.zeros(t.k_splits, m, c.hidden_size, device=dev),
             "act": torch.zeros(m, c.intermediate_size, dtype=torch.bfloat16, device=dev),
@@ -184,7 +185,7 @@ class MonoKernel:
         error = self.buffers["error"].tolist()
         if error[0] == ERROR_TIMEOUT:
             # Every CTA has left: start the counters afresh so the kernel stays usable.
-            for name in ("counters", "error", "abort_flag"):
+            for name in ("counters", "error", "abort_flag", "attn_o", "attn_max", "attn_sum"):  # flags too
                 self.buffers[name].zero_()
             self.epochs = 0
             ins = self.program.instructions[error[1]]

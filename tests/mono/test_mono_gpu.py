@@ -26,7 +26,9 @@ TILINGS = {"default": None,
            "split-k": Tiling(qkv_heads_per_tile=2, o_rows_per_tile=24, gate_up_rows_per_tile=40,
                              down_rows_per_tile=8, lm_head_rows_per_tile=100, k_splits=3, kv_splits=3),
            # heads in four parts (q/k norm in attention), the merge in O's staging with O's k split
-           "parts-k": Tiling(qkv_head_parts=4, combine_in_o=True, o_rows_per_tile=24, k_splits=2, kv_splits=3)}
+           "parts-k": Tiling(qkv_head_parts=4, combine_in_o=True, o_rows_per_tile=24, k_splits=2, kv_splits=3),
+           # the default with four splits, where O reads attention's flagged outputs (MONO_LL)
+           "ll": Tiling(qkv_head_parts=2, combine_in_o=True, gate_up_rows_per_tile=32, kv_splits=4)}
 STEPS = 96
 TOL = 0.05
 
@@ -71,11 +73,12 @@ def test_greedy_decode_matches_reference(family, tiling):
     check_against_reference(mono, ref, prompt, tokens)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
-def test_runs_are_bit_identical_whatever_the_schedule(family):
+@pytest.mark.parametrize("family,tiling", [("llama", "default"), ("qwen3", "default"), ("llama", "ll"),
+                                           ("qwen3", "ll")])
+def test_runs_are_bit_identical_whatever_the_schedule(family, tiling):
     from sonic.mono.launcher import MonoKernel
     from sonic.mono.schedule import list_schedule
-    mono, _ = make(family)
+    mono, _ = make(family, tiling)
     prompt = prompt_of(mono.config, seed=3)
     runs = [list(mono.generate(prompt, 64, SamplingParams())) for _ in range(2)]
     assert runs[0] == runs[1]
@@ -169,16 +172,17 @@ def test_eos_ends_the_launch_when_asked():
 
 def test_long_context_attention_splits():
     """Prompts past one attention chunk (256 keys per split pass) and a sliding window."""
-    for family in ("llama", "mistral-window"):
-        mono, ref = make(family, max_len=1024)
+    for family, tiling in (("llama", "default"), ("mistral-window", "default"), ("llama", "ll")):
+        mono, ref = make(family, tiling, max_len=1024)
         prompt = prompt_of(mono.config, n=700, seed=6)
         tokens = list(mono.generate(prompt, 16, SamplingParams()))
         check_against_reference(mono, ref, prompt, tokens)
 
 
-def test_a_wait_past_the_bound_is_an_error_not_a_hang():
+@pytest.mark.parametrize("tiling", ["default", "ll"])
+def test_a_wait_past_the_bound_is_an_error_not_a_hang(tiling):
     from sonic.errors import SonicError
-    mono, _ = make("llama")
+    mono, _ = make("llama", tiling)
     prompt = prompt_of(mono.config, seed=7)
     want = list(mono.generate(prompt, 20, SamplingParams()))
     mono.kernel.timeout_s = 1e-9  # every wait that spins at all now exceeds the bound

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gpu
 GREEDY = SamplingParams()
 # bias with split-K and odd tiles; a sliding window; head_dim 24 with 7:1 GQA; q/k norm on whole heads
 CASES = [("llama", "default"), ("qwen2", "split-k"), ("mistral-window", "default"), ("gqa7-hd24", "default"),
-         ("qwen3", "split-k")]
+         ("qwen3", "split-k"), ("llama", "ll")]
 
 
 @pytest.mark.parametrize("family,tiling", CASES)

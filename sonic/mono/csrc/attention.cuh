@@ -71,6 +71,53 @@ __device__ __forceinline__ void attn_prefetch(const Params& p, const Instruction
     mono_ptx::prefetch_l2(p.v_cache + row, n * HEAD_DIM * 2);
 }
 
+// With the splits merged in O (LL_MERGE), attention stores each output, max and sum as one 64-bit word
+// whose high half is a flag naming the epoch and layer, and O reads the words until every flag is
+// current: no poll before its loads, and attention's release is off the chain. Each word is written
+// and read whole (relaxed 64-bit accesses), so a current flag carries its value; the buffers hold two
+// floats per value (launcher.py) and start at zero, which no flag equals. Not for head_dim 128 or
+// more than four splits: those builds spill with it (the flags double the merge's loads in flight).
+#ifndef MONO_LL
+#define MONO_LL 1
+#endif
+constexpr bool LL_MERGE = MONO_LL && COMBINE_IN_O && HEAD_DIM <= 64 && KV_SPLITS <= 4;
+__device__ __forceinline__ uint32_t ll_flag(unsigned long long epoch, int layer) {
+    return static_cast<uint32_t>(epoch * NUM_LAYERS + layer);  // never 0: epochs start at 1
+}
+__device__ __forceinline__ unsigned long long* ll_words(float* buffer) {
+    return reinterpret_cast<unsigned long long*>(buffer);
+}
+__device__ __forceinline__ float ll_value(unsigned long long w) { return __uint_as_float(static_cast<uint32_t>(w)); }
+__device__ __forceinline__ bool ll_current(unsigned long long w, uint32_t flag) {
+    return static_cast<uint32_t>(w >> 32) == flag;
+}
+// Value i of a merge input: a flagged word, or a float.
+__device__ __forceinline__ void merge_store(float* buffer, size_t i, float v, uint32_t flag) {
+    if (LL_MERGE) mono_ptx::st_relaxed_u64(ll_words(buffer) + i, static_cast<unsigned long long>(flag) << 32 | __float_as_uint(v));
+    else __stcg(buffer + i, v);
+}
+
+// A reader of flagged words that are not all current yet: `again` says whether to read them once
+// more; false, with the launch aborted (and FLAG_GO cleared), on another CTA's abort or past the
+// time bound, which names O's instruction and the counter it would have waited on.
+struct LLWait {
+    uint32_t flag, index, counter;
+    unsigned long long epoch, start = 0;
+    uint32_t spins = 0;
+    __device__ bool again(const Params& p, uint8_t* smem) {
+        if (++spins % 64) return true;
+        const unsigned long long now = mono_ptx::globaltimer();
+        if (!start) start = now;
+        bool fail = *reinterpret_cast<volatile int32_t*>(p.abort_flag) != 0;
+        if (!fail && now - start > p.timeout_ns) {
+            report_timeout(p, index, epoch, counter);
+            fail = true;
+        }
+        if (fail) reinterpret_cast<volatile uint32_t*>(smem + OFF_FLAGS)[FLAG_GO] = 0;
+        return !fail;
+    }
+};
+
 // One KV split of one group for every row: unnormalised output, max and sum per q head. Keys are
 // taken ATTN_CHUNK at a time with an online softmax across chunks. Each pass issues all of its K and
 // V loads at once (into registers: a key row per thread, column pairs of V per thread), so a pass
@@ -214,15 +261,16 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
             scratch[(lane_k * GQA_GROUP + h) * HEAD_DIM + 2 * d2 + 1] = acc[h][1];
         }
         consumers_sync();
+        const uint32_t flag = ll_flag(epoch, ins.layer);
         for (int i = t; i < GQA_GROUP * HEAD_DIM; i += CONSUMERS) {
             const int h = i / HEAD_DIM, d = i % HEAD_DIM;
             float s = 0.f;
             for (int l = 0; l < KEY_LANES; ++l) s += scratch[(l * GQA_GROUP + h) * HEAD_DIM + d];
-            __stcg(p.attn_o + static_cast<size_t>(out0 + h * KV_SPLITS) * HEAD_DIM + d, s);
+            merge_store(p.attn_o, static_cast<size_t>(out0 + h * KV_SPLITS) * HEAD_DIM + d, s, flag);
         }
         if (t < GQA_GROUP) {
-            __stcg(p.attn_max + out0 + t * KV_SPLITS, a == b ? -INFINITY : run[t]);
-            __stcg(p.attn_sum + out0 + t * KV_SPLITS, run[GQA_GROUP + t]);
+            merge_store(p.attn_max, out0 + t * KV_SPLITS, a == b ? -INFINITY : run[t], flag);
+            merge_store(p.attn_sum, out0 + t * KV_SPLITS, run[GQA_GROUP + t], flag);
         }
         consumers_sync();
     }
@@ -236,14 +284,28 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
 constexpr int MERGE_FLOATS = ROWS * NUM_HEADS * (KV_SPLITS + 1);
 static_assert(MERGE_FLOATS <= RED_FLOATS, "too many heads x splits to merge in the reduction scratch");
 constexpr int MERGE_QUADS = cmax(1, 4 / KV_SPLITS);  // quads a thread loads at once: 4 float4 or fewer
-__device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int t) {
+// LL: the inputs are flagged words (LL_MERGE), read until current (or `ll` gives up).
+template <bool LL>
+__device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int t, uint8_t* smem, LLWait& ll) {
     for (int i = t; i < ROWS * nh; i += CONSUMERS) {
         const int m = i / nh, base = (m * NUM_HEADS + h0 + i % nh) * KV_SPLITS;
         float top[KV_SPLITS], sum[KV_SPLITS];
+        for (bool current = false; !current;) {
+            current = true;
 #pragma unroll
-        for (int s = 0; s < KV_SPLITS; ++s) {
-            top[s] = __ldcg(p.attn_max + base + s);
-            sum[s] = __ldcg(p.attn_sum + base + s);
+            for (int s = 0; s < KV_SPLITS; ++s) {
+                if (LL) {
+                    const unsigned long long a = mono_ptx::ld_relaxed_u64(ll_words(p.attn_max) + base + s);
+                    const unsigned long long b = mono_ptx::ld_relaxed_u64(ll_words(p.attn_sum) + base + s);
+                    top[s] = ll_value(a);
+                    sum[s] = ll_value(b);
+                    current &= ll_current(a, ll.flag) && ll_current(b, ll.flag);
+                } else {
+                    top[s] = __ldcg(p.attn_max + base + s);
+                    sum[s] = __ldcg(p.attn_sum + base + s);
+                }
+            }
+            if (!current && !ll.again(p, smem)) break;
         }
         float best = -INFINITY;
 #pragma unroll
@@ -261,19 +323,33 @@ __device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int 
 
 // store(m, c, value) for features c = 0..n-1 (k0 + c of heads h0..) of every row, merged (bf16, as the
 // reference's attention output).
-template <class Store>
+template <bool LL, class Store>
 __device__ void merge_features(const Params& p, const float* merge, int h0, int nh, int k0, int n, int t,
-                               Store store) {
+                               uint8_t* smem, LLWait& ll, Store store) {
     const int quads = ROWS * n / 4;
     for (int q0 = t; q0 < quads; q0 += CONSUMERS * MERGE_QUADS) {
         float4 v[MERGE_QUADS][KV_SPLITS];
+        for (bool current = false; !current;) {
+            current = true;
 #pragma unroll
-        for (int g = 0; g < MERGE_QUADS; ++g) {
-            const int qi = q0 + g * CONSUMERS, m = qi * 4 / n, k = k0 + qi * 4 % n;
-            const size_t base = static_cast<size_t>(m * NUM_HEADS + k / HEAD_DIM) * KV_SPLITS * HEAD_DIM + k % HEAD_DIM;
+            for (int g = 0; g < MERGE_QUADS; ++g) {
+                const int qi = q0 + g * CONSUMERS, m = qi * 4 / n, k = k0 + qi * 4 % n;
+                const size_t base = static_cast<size_t>(m * NUM_HEADS + k / HEAD_DIM) * KV_SPLITS * HEAD_DIM + k % HEAD_DIM;
 #pragma unroll
-            for (int s = 0; s < KV_SPLITS; ++s)
-                if (qi < quads) v[g][s] = __ldcg(reinterpret_cast<const float4*>(p.attn_o + base + s * HEAD_DIM));
+                for (int s = 0; s < KV_SPLITS; ++s) {
+                    if (qi >= quads) continue;
+                    if (LL) {
+                        const unsigned long long* w = ll_words(p.attn_o) + base + s * HEAD_DIM;
+                        const ulonglong2 lo = mono_ptx::ld_relaxed_u64x2(w), hi = mono_ptx::ld_relaxed_u64x2(w + 2);
+                        v[g][s] = make_float4(ll_value(lo.x), ll_value(lo.y), ll_value(hi.x), ll_value(hi.y));
+                        current &= ll_current(lo.x, ll.flag) && ll_current(lo.y, ll.flag) &&
+                                   ll_current(hi.x, ll.flag) && ll_current(hi.y, ll.flag);
+                    } else {
+                        v[g][s] = __ldcg(reinterpret_cast<const float4*>(p.attn_o + base + s * HEAD_DIM));
+                    }
+                }
+            }
+            if (!current && !ll.again(p, smem)) break;
         }
 #pragma unroll
         for (int g = 0; g < MERGE_QUADS; ++g) {
@@ -300,20 +376,27 @@ __device__ void merge_features(const Params& p, const float* merge, int h0, int 
 __device__ void op_attn_combine(const Params& p, const Instruction& ins, uint8_t* smem) {
     const int t = threadIdx.x, h0 = ins.group * GQA_GROUP;
     float* merge = reinterpret_cast<float*>(smem + OFF_RED);
-    merge_scales(p, merge, h0, GQA_GROUP, t);
+    LLWait plain{};
+    merge_scales<false>(p, merge, h0, GQA_GROUP, t, smem, plain);
     consumers_sync();
-    merge_features(p, merge, h0, GQA_GROUP, h0 * HEAD_DIM, GQA_GROUP * HEAD_DIM, t, [&](int m, int c, bf16 v) {
+    merge_features<false>(p, merge, h0, GQA_GROUP, h0 * HEAD_DIM, GQA_GROUP * HEAD_DIM, t, smem, plain,
+                          [&](int m, int c, bf16 v) {
         __stcg(reinterpret_cast<unsigned short*>(p.attn + m * Q_SIZE + h0 * HEAD_DIM + c), __bfloat16_as_ushort(v));
     });
 }
 
-// O's inputs with the merge folded in: x[m][c] = attention output feature k0 + c.
-__device__ void stage_attention(const Params& p, uint8_t* smem, int k0, int k1, int t) {
+// O's inputs with the merge folded in: x[m][c] = attention output feature k0 + c. Under LL_MERGE this
+// is O's wait as well (its one wait, on every attention split of the layer: builder.py).
+__device__ void stage_attention(const Params& p, const Instruction& ins, uint8_t* smem, unsigned long long epoch,
+                                int t) {
     float* merge = reinterpret_cast<float*>(smem + OFF_RED);
     bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
+    const int k0 = ins.k_begin, k1 = ins.k_end;
     const int h0 = k0 / HEAD_DIM, nh = (k1 + HEAD_DIM - 1) / HEAD_DIM - h0;
-    merge_scales(p, merge, h0, nh, t);
+    LLWait ll{ll_flag(epoch, ins.layer), static_cast<uint32_t>(&ins - p.instructions), ins.wait_counter[0], epoch};
+    merge_scales<LL_MERGE>(p, merge, h0, nh, t, smem, ll);
     consumers_sync();
-    merge_features(p, merge, h0, nh, k0, k1 - k0, t, [&](int m, int c, bf16 v) { x[m * X_COLS + c] = v; });
+    merge_features<LL_MERGE>(p, merge, h0, nh, k0, k1 - k0, t, smem, ll,
+                             [&](int m, int c, bf16 v) { x[m * X_COLS + c] = v; });
     consumers_sync();
 }

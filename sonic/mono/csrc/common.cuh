@@ -14,7 +14,10 @@ constexpr int THREADS = CONSUMERS + 32;
 #define MONO_PAGE_KIB 16  // 8 KiB pages measured slower
 #endif
 constexpr int PAGE_BYTES = MONO_PAGE_KIB * 1024;
-constexpr int PAGE_ARRIVALS = 32;  // arrivals that free a page (matvec.cuh: release_page)
+// Arrivals that free a page: every lane of the warps that read it, each worth 8 / (its warps) (matvec.cuh:
+// release_page), so one warp or a page split among 2, 4 or 8 warps frees it alike.
+constexpr int MAX_PAGE_SPLIT = 8;
+constexpr int PAGE_ARRIVALS = 32 * MAX_PAGE_SPLIT;
 
 // The SM's memory requests queue behind its bulk copies in flight: a signal's release fence waits
 // for them (measured: 2.5-3.4 us after a 256 KiB tile with twelve 16 KiB pages in flight, 0.6-0.8
@@ -143,6 +146,17 @@ struct Params {
     float inv_temperature;        // 1 / T in float32; 0 = greedy
     float top_p;                  // 1 = off
 };
+
+// The launch ends: the first timeout names the instruction, epoch and counter it waited on.
+__device__ void report_timeout(const Params& p, uint32_t index, unsigned long long epoch, uint32_t counter) {
+    if (atomicCAS(p.error, ERROR_NONE, ERROR_TIMEOUT) == ERROR_NONE) {
+        p.error[1] = static_cast<int32_t>(index);
+        p.error[2] = static_cast<int32_t>(epoch);
+        p.error[3] = static_cast<int32_t>(counter);
+    }
+    __threadfence();
+    atomicExch(p.abort_flag, 1);
+}
 
 // Position in the ring of pages: page i of the stream sits in slot i % NUM_PAGES, in that slot's
 // (i / NUM_PAGES)-th use, whose parity its barriers' waits name.

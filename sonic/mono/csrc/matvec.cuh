@@ -128,12 +128,26 @@ __device__ __forceinline__ const uint4* wait_page(const Params& p, uint8_t* smem
     return reinterpret_cast<const uint4*>(smem + OFF_PAGES + Ring::slot(i) * PAGE_BYTES);
 }
 
-// Hands page i's slot back to the producer: every lane of a warp arrives (PAGE_ARRIVALS), the warp
-// that read the page or warp 0 after the CTA's barrier, so each reader's reads are ordered before the
-// refill by its own release (one lane's arrival after __syncwarp measured no faster, and the race
-// checker cannot follow it).
-__device__ __forceinline__ void release_page(uint8_t* smem, uint32_t i) {
-    mono_ptx::mbar_arrive(reinterpret_cast<uint64_t*>(smem + OFF_EMPTY) + Ring::slot(i));
+// Hands page i's slot back to the producer: every lane of the `split` warps that read the page (or of
+// warp 0 after the CTA's barrier) arrives, worth PAGE_ARRIVALS / (32 split), so each reader's reads
+// are ordered before the refill by its own release (one lane's arrival after __syncwarp measured no
+// faster, and the race checker cannot follow it).
+__device__ __forceinline__ void release_page(uint8_t* smem, uint32_t i, uint32_t split = 1) {
+    mono_ptx::mbar_arrive(reinterpret_cast<uint64_t*>(smem + OFF_EMPTY) + Ring::slot(i), MAX_PAGE_SPLIT / split);
+}
+
+// Warps per page on the tensor cores: a tile of fewer pages than warps has each page's chunks split
+// among 2, 4 or 8 warps (the most that leaves no warp two shares), so its matvec is not one warp's
+// walk over a whole page (~1.3 us for 16 KiB: llama-3.2-1b's O tiles of 4 pages, most of
+// smollm2-135m's tiles of 2 to 5). Tiles of 16 rows only: head_dim 128 builds spill with it on
+// wider ones.
+#ifndef MONO_PAGE_SPLIT
+#define MONO_PAGE_SPLIT 1
+#endif
+__device__ __forceinline__ uint32_t page_split(uint32_t pages) {
+    uint32_t split = 1;
+    while (MONO_PAGE_SPLIT && split < MAX_PAGE_SPLIT && pages * split * 2 <= CONSUMER_WARPS) split *= 2;
+    return split;
 }
 
 // A warp's pages on the tensor cores, for tiles of BLOCKS 16-row blocks: weights are the MMA's A
@@ -181,18 +195,22 @@ __device__ void matvec_warp_mma(const Params& p, uint8_t* smem, Ring& ring, uint
     const int g = lane / 4, tq = lane % 4, j = lane / 8;
     const bool has_x = g < ROWS;
     const uint32_t lane_off = ((j / 2) * rows + (j % 2) * 8 + lane % 8) * 16;
-    const uint32_t pages = (bytes + PAGE_BYTES - 1) / PAGE_BYTES;
-    for (uint32_t pg = warp; pg < pages; pg += CONSUMER_WARPS) {
+    const uint32_t pages = (bytes + PAGE_BYTES - 1) / PAGE_BYTES, split = BLOCKS == 1 ? page_split(pages) : 1;
+    // Share s of page pg goes to warp (pg split + s) % CONSUMER_WARPS: chunk pairs [s n / split, (s + 1) n / split).
+    for (uint32_t share = warp; share < pages * split; share += CONSUMER_WARPS) {
+        const uint32_t pg = share / split, s = share % split;
         const uint32_t i = ring.count + pg;
         const uint4* page = wait_page(p, smem, i, t, page_wait);
         const uint32_t chunks = min(static_cast<uint32_t>(PAGE_BYTES), bytes - pg * PAGE_BYTES) / 16 / rows;
+        const uint32_t pairs = (chunks + 1) / 2;
+        const uint32_t end = min(chunks, 2 * (pairs * (s + 1) / split));
         const uint32_t a_base = mono_ptx::smem_addr(page) + lane_off;
         const bf16* xr = x + (has_x ? g : 0) * X_COLS + pg * (PAGE_BYTES / 16 / rows) * 8 + 2 * tq;
-        uint32_t k = 0;
+        uint32_t k = 2 * (pairs * s / split);
         // A step's operands are all loaded before its MMAs (as fast as one MMA after another, and
         // the head_dim 128 builds fit their registers this way).
 #pragma unroll 2
-        for (; k + 2 * P <= chunks; k += 2 * P) {
+        for (; k + 2 * P <= end; k += 2 * P) {
             uint32_t a[P][BLOCKS][4], b[P][2];
 #pragma unroll
             for (int q = 0; q < P; ++q) mma_operands<BLOCKS>(a_base, xr, k + 2 * q, true, has_x, a[q], b[q]);
@@ -201,14 +219,14 @@ __device__ void matvec_warp_mma(const Params& p, uint8_t* smem, Ring& ring, uint
 #pragma unroll
                 for (int bl = 0; bl < BLOCKS; ++bl) mono_ptx::mma_16816(c[q][bl], a[q][bl], b[q][0], b[q][1]);
         }
-        for (; k < chunks; k += 2) {  // the page's last chunks (an odd one pairs with zeros)
+        for (; k < end; k += 2) {  // the share's last chunks (the page's odd last one pairs with zeros)
             uint32_t a[BLOCKS][4], b[2];
-            mma_operands<BLOCKS>(a_base, xr, k, k + 1 < chunks, has_x, a, b);
+            mma_operands<BLOCKS>(a_base, xr, k, k + 1 < end, has_x, a, b);
 #pragma unroll
             for (int bl = 0; bl < BLOCKS; ++bl) mono_ptx::mma_16816(c[0][bl], a[bl], b[0], b[1]);
         }
         __syncwarp();
-        release_page(smem, i);
+        release_page(smem, i, split);
     }
     ring.count += pages;
     // Lane l holds rows 16 b + l / 4 (and + 8) of query rows 2 (l % 4) and 2 (l % 4) + 1: the warp's

@@ -53,13 +53,7 @@ __device__ bool wait_for(const Params& p, const Instruction& ins, uint32_t index
             if (*reinterpret_cast<volatile unsigned long long*>(p.stop_epoch) < epoch) return false;
             if (*reinterpret_cast<volatile int32_t*>(p.abort_flag)) return false;
             if (mono_ptx::globaltimer() - start > p.timeout_ns) {
-                if (atomicCAS(p.error, ERROR_NONE, ERROR_TIMEOUT) == ERROR_NONE) {
-                    p.error[1] = static_cast<int32_t>(index);
-                    p.error[2] = static_cast<int32_t>(epoch);
-                    p.error[3] = static_cast<int32_t>(ins.wait_counter[j]);
-                }
-                __threadfence();
-                atomicExch(p.abort_flag, 1);
+                report_timeout(p, index, epoch, ins.wait_counter[j]);
                 return false;
             }
         }
@@ -157,7 +151,8 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             if (t == 0) {
                 if (MONO_ATTN_EARLY && ins.opcode == OP_ATTN_PARTIAL) attn_prefetch(p, ins, epoch);
                 if (MONO_PAUSE && MONO_PAUSE_ATTN && ins.opcode == OP_ATTN_PARTIAL) flag_set(flags, FLAG_PAUSE, 1);
-                flags[FLAG_GO] = wait_for(p, ins, index, epoch, smem);
+                // O's inputs carry their own flags (LL_MERGE, attention.cuh): it reads them until current.
+                flags[FLAG_GO] = (LL_MERGE && ins.opcode == OP_O_PROJ) || wait_for(p, ins, index, epoch, smem);
             }
             const unsigned long long ready = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();
@@ -177,6 +172,7 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             }
             const unsigned long long op_done = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();  // every thread's stores are done before the release
+            if (LL_MERGE && !flags[FLAG_GO]) goto done;  // O's inputs never came (an abort or the time bound)
             if (t == 0) {
                 if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 1);
                 mono_ptx::red_release_add(p.counters + ins.signal, 1ull);

@@ -117,7 +117,7 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
     const float* y = reinterpret_cast<const float*>(smem + OFF_Y);
     if (staged.fresh(epoch, ins)) {
         if (COMBINE_IN_O && ins.opcode == OP_O_PROJ) {
-            stage_attention(p, smem, ins.k_begin, ins.k_end, t);
+            stage_attention(p, ins, smem, epoch, t);
         } else {
             stage_rows(smem, src, ld, ins.k_begin, ins.k_end - ins.k_begin, t);
         }
