@@ -177,6 +177,7 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
                 if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 1);
                 mono_ptx::red_release_add(p.counters + ins.signal, 1ull);
                 if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 0);
+                if (MONO_LATE_HOST && ins.opcode == OP_SAMPLE) tokens_to_host(p, epoch, smem);
             }
             if (p.profile && t == 0) {
                 unsigned long long* out = p.profile + PROFILE_STAMPS * index;

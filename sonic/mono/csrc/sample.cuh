@@ -281,9 +281,23 @@ __device__ void sample_top_k(const Params& p, int m, unsigned long long epoch, u
     block_argmax(best, token, smem, t);
 }
 
+// The tokens go to the host after SAMPLE's release (MONO_LATE_HOST): the system-scope fence that
+// orders them before the count waits for writes over PCIe, and nothing on the GPU waits for it.
+#ifndef MONO_LATE_HOST
+#define MONO_LATE_HOST 1
+#endif
+// Thread 0: the epoch's tokens (kept in the tile-output area, free after SAMPLE) to host-mapped
+// memory, then the count of epochs done.
+__device__ void tokens_to_host(const Params& p, unsigned long long epoch, const uint8_t* smem) {
+    const int32_t* tokens = reinterpret_cast<const int32_t*>(smem + OFF_Y);
+    for (int m = 0; m < ROWS; ++m) p.out_tokens[(epoch - p.first_epoch) * ROWS + m] = tokens[m];
+    __threadfence_system();
+    *reinterpret_cast<volatile int32_t*>(p.out_count) = static_cast<int32_t>(epoch - p.first_epoch + 1);
+}
+
 // The token of each row from the LM-head tiles' partials (greedy; sampled with the noise already in
-// the partials) or their candidates (top-k); token to the host; the stop decision. (The next epoch's
-// position is derived: position().)
+// the partials) or their candidates (top-k); the stop decision; the tokens to the host (here, or
+// after the release). (The next epoch's position is derived: position().)
 __device__ void op_sample(const Params& p, unsigned long long epoch, uint8_t* smem) {
     const int t = threadIdx.x;
     bool eos = false;
@@ -303,14 +317,13 @@ __device__ void op_sample(const Params& p, unsigned long long epoch, uint8_t* sm
         if (idx < 0 || idx >= VOCAB_SIZE) idx = 0;  // NaN logits: a valid token, never a wild embedding row
         if (t == 0) {
             __stcg(p.token + m, idx);
-            p.out_tokens[(epoch - p.first_epoch) * ROWS + m] = idx;
+            reinterpret_cast<int32_t*>(smem + OFF_Y)[m] = idx;
             for (int e = 0; e < NUM_EOS; ++e) eos |= idx == EOS_TOKENS[e];
         }
     }
     if (t == 0) {
         const bool host_stop = *reinterpret_cast<const volatile int32_t*>(p.host_stop) != 0;
         if ((eos && ROWS == 1 && p.stop_at_eos) || host_stop) *reinterpret_cast<volatile unsigned long long*>(p.stop_epoch) = epoch;
-        __threadfence_system();
-        *reinterpret_cast<volatile int32_t*>(p.out_count) = static_cast<int32_t>(epoch - p.first_epoch + 1);
+        if (!MONO_LATE_HOST) tokens_to_host(p, epoch, smem);
     }
 }
