@@ -99,7 +99,7 @@ class MonoKernel:
             "smalls": small_weights(packed), "embed": packed.embed,
             "final_norm": packed.final_norm, "cos": cos.contiguous(), "sin": sin.contiguous(),
             "k_cache": cache.k, "v_cache": cache.v,
-            "h": torch.zeros(m, c.hidden_size, device=dev),
+            "h": torch.zeros(m, c.hidden_size, 2, device=dev),  # a value and its flag (common.cuh: LL_H)
             "q": torch.zeros(m, c.q_size, dtype=torch.bfloat16, device=dev),
             "k_new": torch.zeros(m, c.kv_size, dtype=torch.bfloat16, device=dev),
             # Two floats per value: a value and its flag when O reads them as they come (attention.cuh)
@@ -185,7 +185,7 @@ class MonoKernel:
         error = self.buffers["error"].tolist()
         if error[0] == ERROR_TIMEOUT:
             # Every CTA has left: start the counters afresh so the kernel stays usable.
-            for name in ("counters", "error", "abort_flag", "attn_o", "attn_max", "attn_sum"):  # flags too
+            for name in ("counters", "error", "abort_flag", "h", "attn_o", "attn_max", "attn_sum"):  # flags too
                 self.buffers[name].zero_()
             self.epochs = 0
             ins = self.program.instructions[error[1]]

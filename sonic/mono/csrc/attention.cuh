@@ -84,39 +84,11 @@ constexpr bool LL_MERGE = MONO_LL && COMBINE_IN_O && HEAD_DIM <= 64 && KV_SPLITS
 __device__ __forceinline__ uint32_t ll_flag(unsigned long long epoch, int layer) {
     return static_cast<uint32_t>(epoch * NUM_LAYERS + layer);  // never 0: epochs start at 1
 }
-__device__ __forceinline__ unsigned long long* ll_words(float* buffer) {
-    return reinterpret_cast<unsigned long long*>(buffer);
-}
-__device__ __forceinline__ float ll_value(unsigned long long w) { return __uint_as_float(static_cast<uint32_t>(w)); }
-__device__ __forceinline__ bool ll_current(unsigned long long w, uint32_t flag) {
-    return static_cast<uint32_t>(w >> 32) == flag;
-}
 // Value i of a merge input: a flagged word, or a float.
 __device__ __forceinline__ void merge_store(float* buffer, size_t i, float v, uint32_t flag) {
-    if (LL_MERGE) mono_ptx::st_relaxed_u64(ll_words(buffer) + i, static_cast<unsigned long long>(flag) << 32 | __float_as_uint(v));
+    if (LL_MERGE) ll_store(ll_words(buffer) + i, v, flag);
     else __stcg(buffer + i, v);
 }
-
-// A reader of flagged words that are not all current yet: `again` says whether to read them once
-// more; false, with the launch aborted (and FLAG_GO cleared), on another CTA's abort or past the
-// time bound, which names O's instruction and the counter it would have waited on.
-struct LLWait {
-    uint32_t flag, index, counter;
-    unsigned long long epoch, start = 0;
-    uint32_t spins = 0;
-    __device__ bool again(const Params& p, uint8_t* smem) {
-        if (++spins % 64) return true;
-        const unsigned long long now = mono_ptx::globaltimer();
-        if (!start) start = now;
-        bool fail = *reinterpret_cast<volatile int32_t*>(p.abort_flag) != 0;
-        if (!fail && now - start > p.timeout_ns) {
-            report_timeout(p, index, epoch, counter);
-            fail = true;
-        }
-        if (fail) reinterpret_cast<volatile uint32_t*>(smem + OFF_FLAGS)[FLAG_GO] = 0;
-        return !fail;
-    }
-};
 
 // One KV split of one group for every row: unnormalised output, max and sum per q head. Keys are
 // taken ATTN_CHUNK at a time with an online softmax across chunks. Each pass issues all of its K and

@@ -158,6 +158,69 @@ __device__ void report_timeout(const Params& p, uint32_t index, unsigned long lo
     atomicExch(p.abort_flag, 1);
 }
 
+// ---- flagged words ----
+// A value another SM waits for can carry its own flag: one 64-bit word, the float in the low half and
+// in the high half a flag that names what wrote it (epoch, layer, ...), written and read whole
+// (relaxed 64-bit accesses), so a reader that sees a current flag has the value, with no counter to
+// poll first and no release fence on the writer's side. The buffers hold two floats per value
+// (launcher.py) and start at zero, which no flag equals (epochs start at 1).
+__device__ __forceinline__ unsigned long long* ll_words(float* buffer) {
+    return reinterpret_cast<unsigned long long*>(buffer);
+}
+__device__ __forceinline__ float ll_value(unsigned long long w) { return __uint_as_float(static_cast<uint32_t>(w)); }
+__device__ __forceinline__ bool ll_current(unsigned long long w, uint32_t flag) {
+    return static_cast<uint32_t>(w >> 32) == flag;
+}
+__device__ __forceinline__ void ll_store(unsigned long long* word, float v, uint32_t flag) {
+    mono_ptx::st_relaxed_u64(word, static_cast<unsigned long long>(flag) << 32 | __float_as_uint(v));
+}
+
+// A reader of flagged words that are not all current yet: `again` says whether to read them once
+// more. False, with FLAG_GO cleared (the instruction then writes nothing and the CTA ends: a flag of
+// this epoch must not be written by a launch that stops in it, since the next launch runs the same
+// epoch again), on a stop before this epoch (what it waits for never comes), on another CTA's abort,
+// or past the time bound, which aborts the launch naming the reader and the counter it stands for.
+struct LLWait {
+    uint32_t flag, index, counter;
+    unsigned long long epoch, start = 0;
+    uint32_t spins = 0;
+    __device__ bool again(const Params& p, uint8_t* smem) {
+        if (++spins % 64) return true;
+        const unsigned long long now = mono_ptx::globaltimer();
+        if (!start) start = now;
+        bool fail = *reinterpret_cast<volatile unsigned long long*>(p.stop_epoch) < epoch ||
+                    *reinterpret_cast<volatile int32_t*>(p.abort_flag) != 0;
+        if (!fail && now - start > p.timeout_ns) {
+            report_timeout(p, index, epoch, counter);
+            fail = true;
+        }
+        if (fail) reinterpret_cast<volatile uint32_t*>(smem + OFF_FLAGS)[FLAG_GO] = 0;
+        return !fail;
+    }
+};
+
+// The residual h as flagged words (MONO_LL_H): EMBED, O and down write it, a stage of the epoch at a
+// time; QKV, gate/up and the LM head read it in their staging, which is their wait (each has that
+// one wait: builder.py). Stage 0 is EMBED's, 2 l + 1 layer l's O, 2 l + 2 its down. Not with split-K
+// (RESIDUAL writes h), nor for head_dim 128, whose builds spill with it.
+#ifndef MONO_LL_H
+#define MONO_LL_H 1
+#endif
+constexpr bool LL_H = MONO_LL_H && K_SPLITS == 1 && HEAD_DIM <= 64;
+__device__ __forceinline__ uint32_t h_flag(unsigned long long epoch, int stage) {
+    return static_cast<uint32_t>(epoch * (2 * NUM_LAYERS + 1) + stage);
+}
+// The reader's wait on h at `stage` of `epoch` (the instruction's one counter wait, for the watchdog).
+__device__ __forceinline__ LLWait h_wait(const Params& p, const Instruction& ins, unsigned long long epoch, int stage) {
+    return LLWait{h_flag(epoch, stage), static_cast<uint32_t>(&ins - p.instructions), ins.wait_counter[0], epoch};
+}
+
+// After a staging that reads flagged words: false when they never came (LLWait; the barrier that
+// ends every staging shows FLAG_GO to all).
+__device__ __forceinline__ bool staged_ok(const uint8_t* smem) {
+    return reinterpret_cast<const volatile uint32_t*>(smem + OFF_FLAGS)[FLAG_GO] != 0;
+}
+
 // Position in the ring of pages: page i of the stream sits in slot i % NUM_PAGES, in that slot's
 // (i / NUM_PAGES)-th use, whose parity its barriers' waits name.
 struct Ring {

@@ -3,24 +3,42 @@
 // result never depends on timing or on which SM ran it.
 
 // x[m][k] = weight[k] * bf16(h[m][k] / rms(h[m])), as the reference's RMSNorm rounds. h is read once
-// (kept in registers between the sum of squares and the scaling).
+// (kept in registers between the sum of squares and the scaling); as flagged words (LL_H) until
+// every flag is `ll`'s.
 constexpr int NORM_VECS = (HIDDEN_SIZE / 4 + CONSUMERS - 1) / CONSUMERS;  // float4 of h per thread
-__device__ void stage_norm(const Params& p, uint8_t* smem, const bf16* weight, int t) {
+__device__ void stage_norm(const Params& p, uint8_t* smem, const bf16* weight, int t, LLWait ll) {
     float* stat = reinterpret_cast<float*>(smem + OFF_STAT);
     bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
     float4 hv[ROWS][NORM_VECS];
     float ss[ROWS];
+    for (bool current = false; !current;) {
+        current = true;
+#pragma unroll
+        for (int m = 0; m < ROWS; ++m)
+#pragma unroll
+            for (int i = 0; i < NORM_VECS; ++i) {
+                const int k = (t + i * CONSUMERS) * 4;
+                if (k >= HIDDEN_SIZE) {
+                    hv[m][i] = make_float4(0.f, 0.f, 0.f, 0.f);
+                } else if (LL_H) {
+                    const unsigned long long* w = ll_words(p.h) + m * HIDDEN_SIZE + k;
+                    const ulonglong2 lo = mono_ptx::ld_relaxed_u64x2(w), hi = mono_ptx::ld_relaxed_u64x2(w + 2);
+                    hv[m][i] = make_float4(ll_value(lo.x), ll_value(lo.y), ll_value(hi.x), ll_value(hi.y));
+                    current &= ll_current(lo.x, ll.flag) && ll_current(lo.y, ll.flag) &&
+                               ll_current(hi.x, ll.flag) && ll_current(hi.y, ll.flag);
+                } else {
+                    hv[m][i] = __ldcg(reinterpret_cast<const float4*>(p.h + m * HIDDEN_SIZE + k));
+                }
+            }
+        if (!current && !ll.again(p, smem)) break;
+    }
 #pragma unroll
     for (int m = 0; m < ROWS; ++m) {
         ss[m] = 0.f;
 #pragma unroll
-        for (int i = 0; i < NORM_VECS; ++i) {
-            const int k = (t + i * CONSUMERS) * 4;
-            hv[m][i] = k < HIDDEN_SIZE ? __ldcg(reinterpret_cast<const float4*>(p.h + m * HIDDEN_SIZE + k))
-                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int i = 0; i < NORM_VECS; ++i)
             ss[m] += hv[m][i].x * hv[m][i].x + hv[m][i].y * hv[m][i].y + hv[m][i].z * hv[m][i].z +
                      hv[m][i].w * hv[m][i].w;
-        }
     }
     block_sum(ss, stat, t);
 #pragma unroll

@@ -12,14 +12,21 @@
 #define MONO_H_EARLY 1
 #endif
 constexpr bool ROPE_EARLY = MONO_ROPE_EARLY && !NORM_IN_ATTENTION && 2 * ROWS * HEAD_DIM <= ATTN_FLOATS;
-constexpr bool H_EARLY = MONO_H_EARLY && K_SPLITS == 1 && TILE_ROWS * ROWS <= ATTN_FLOATS;
+constexpr int H_WORD = LL_H ? 2 : 1;  // floats per value of h
+constexpr bool H_EARLY = MONO_H_EARLY && K_SPLITS == 1 && TILE_ROWS * ROWS * H_WORD <= ATTN_FLOATS;
 
-__device__ void op_embed(const Params& p, const Instruction& ins) {
+// h[m][k] = v at `stage` of the epoch: a flagged word (LL_H) or a float.
+__device__ __forceinline__ void store_h(const Params& p, int m, int k, float v, unsigned long long epoch, int stage) {
+    if (LL_H) ll_store(ll_words(p.h) + m * HIDDEN_SIZE + k, v, h_flag(epoch, stage));
+    else __stcg(p.h + m * HIDDEN_SIZE + k, v);
+}
+
+__device__ void op_embed(const Params& p, const Instruction& ins, unsigned long long epoch) {
     const int t = threadIdx.x;
     for (int m = 0; m < ROWS; ++m) {
         const bf16* row = p.embed + static_cast<size_t>(__ldcg(p.token + m)) * HIDDEN_SIZE;
         for (int k = ins.tile_begin + t; k < ins.tile_end; k += CONSUMERS)
-            __stcg(p.h + m * HIDDEN_SIZE + k, __bfloat162float(__ldg(row + k)));
+            store_h(p, m, k, __bfloat162float(__ldg(row + k)), epoch, 0);
     }
 }
 
@@ -46,7 +53,8 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
     const bf16* small = p.smalls + static_cast<size_t>(ins.layer) * SMALL_PER_LAYER;
     float* y = reinterpret_cast<float*>(smem + OFF_Y);
     float* stat = reinterpret_cast<float*>(smem + OFF_STAT);
-    if (staged.fresh(epoch, ins)) stage_norm(p, smem, small + SMALL_ATTN_NORM, t);
+    if (staged.fresh(epoch, ins)) stage_norm(p, smem, small + SMALL_ATTN_NORM, t, h_wait(p, ins, epoch, 2 * ins.layer));
+    if (LL_H && !staged_ok(smem)) return;
     float* rope = reinterpret_cast<float*>(smem + OFF_ATTN);  // [ROWS][cos, sin][HEAD_DIM] at the position
     if (ROPE_EARLY)
         for (int i = t; i < ROWS * HEAD_DIM / 2; i += CONSUMERS) {
@@ -122,14 +130,19 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
             stage_rows(smem, src, ld, ins.k_begin, ins.k_end - ins.k_begin, t);
         }
     }
-    // The residual rows this tile adds to ([ROWS][rows]): only this tile writes them in this phase.
+    if (LL_MERGE && !staged_ok(smem)) return;
+    // The residual rows this tile adds to ([ROWS][rows], words under LL_H): only this tile writes them
+    // in this phase, and the stage before wrote them (QKV or gate/up read them all, and this waits
+    // on those).
     float* h_old = reinterpret_cast<float*>(smem + OFF_ATTN);
     const bool h_early = H_EARLY && rows % 4 == 0 && ins.tile_begin % 4 == 0;
     if (h_early)
-        for (int i = t; i < ROWS * rows / 4; i += CONSUMERS) {
-            const int m = i / (rows / 4), c = 4 * (i % (rows / 4));
-            mono_ptx::cp_async_16<false>(h_old + m * rows + c, p.h + m * HIDDEN_SIZE + ins.tile_begin + c);
+        for (int i = t; i < ROWS * rows * H_WORD / 4; i += CONSUMERS) {
+            const int m = i / (rows * H_WORD / 4), c = 4 * (i % (rows * H_WORD / 4));
+            mono_ptx::cp_async_16<false>(h_old + m * rows * H_WORD + c,
+                                         p.h + (m * HIDDEN_SIZE + ins.tile_begin) * H_WORD + c);
         }
+    const int stage = 2 * ins.layer + (ins.opcode == OP_O_PROJ ? 1 : 2);
     matvec_tile(p, smem, ring, ins.weight_bytes, rows, t);
     if (NORM_IN_ATTENTION && ins.opcode == OP_O_PROJ && ins.tile_begin == 0 && ins.split == 0)
         write_new_k(p, ins, smem, epoch, t);  // every split has read the cache (O waits on them all)
@@ -137,8 +150,9 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
         const int r = ins.tile_begin + i / ROWS, m = i % ROWS;
         const float v = bf16_round(y[i]);  // the reference's bf16 matmul output
         if (K_SPLITS == 1) {
-            float* dst = p.h + m * HIDDEN_SIZE + r;
-            __stcg(dst, (h_early ? h_old[m * rows + r - ins.tile_begin] : __ldcg(dst)) + v);
+            const int at = m * rows + r - ins.tile_begin;
+            const float* old = h_early ? h_old + at * H_WORD : p.h + (m * HIDDEN_SIZE + r) * H_WORD;
+            store_h(p, m, r, (h_early ? *old : __ldcg(old)) + v, epoch, stage);  // a word's value is its low half
         } else {
             __stcg(p.kpart + (static_cast<size_t>(ins.split) * ROWS + m) * HIDDEN_SIZE + r, v);
         }
@@ -161,7 +175,9 @@ __device__ void op_gate_up(const Params& p, const Instruction& ins, uint8_t* sme
     const int t = threadIdx.x, n = ins.tile_end - ins.tile_begin;
     const float* y = reinterpret_cast<const float*>(smem + OFF_Y);
     if (staged.fresh(epoch, ins))
-        stage_norm(p, smem, p.smalls + static_cast<size_t>(ins.layer) * SMALL_PER_LAYER + SMALL_MLP_NORM, t);
+        stage_norm(p, smem, p.smalls + static_cast<size_t>(ins.layer) * SMALL_PER_LAYER + SMALL_MLP_NORM, t,
+                   h_wait(p, ins, epoch, 2 * ins.layer + 1));
+    if (LL_H && !staged_ok(smem)) return;
     matvec_tile(p, smem, ring, ins.weight_bytes, 2 * n, t);
     for (int i = t; i < n * ROWS; i += CONSUMERS) {
         const int r = i / ROWS, m = i % ROWS;
