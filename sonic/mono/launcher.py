@@ -108,7 +108,8 @@ class MonoKernel:
             "attn_sum": torch.zeros(m, c.num_attention_heads, t.kv_splits, 2, device=dev),
             "attn": torch.zeros(m, c.q_size, dtype=torch.bfloat16, device=dev),
             "kpart": torch.zeros(t.k_splits, m, c.hidden_size, device=dev),
-            "act": torch.zeros(m, c.intermediate_size, dtype=torch.bfloat16, device=dev),
+            # two bf16 values and a flag per 64-bit word (common.cuh: LL_ACT), or bf16 values
+            "act": torch.zeros(m, c.intermediate_size, 2, dtype=torch.bfloat16, device=dev),
             "logits": torch.zeros(m, c.vocab_size, device=dev),
             "part_val": torch.zeros(m, lm_tiles, device=dev),
             "part_idx": torch.zeros(m, lm_tiles, dtype=torch.int32, device=dev),
@@ -185,7 +186,7 @@ class MonoKernel:
         error = self.buffers["error"].tolist()
         if error[0] == ERROR_TIMEOUT:
             # Every CTA has left: start the counters afresh so the kernel stays usable.
-            for name in ("counters", "error", "abort_flag", "h", "attn_o", "attn_max", "attn_sum"):  # flags too
+            for name in ("counters", "error", "abort_flag", "h", "attn_o", "attn_max", "attn_sum", "act"):  # flags too
                 self.buffers[name].zero_()
             self.epochs = 0
             ins = self.program.instructions[error[1]]

@@ -81,9 +81,6 @@ __device__ __forceinline__ void attn_prefetch(const Params& p, const Instruction
 #define MONO_LL 1
 #endif
 constexpr bool LL_MERGE = MONO_LL && COMBINE_IN_O && HEAD_DIM <= 64 && KV_SPLITS <= 4;
-__device__ __forceinline__ uint32_t ll_flag(unsigned long long epoch, int layer) {
-    return static_cast<uint32_t>(epoch * NUM_LAYERS + layer);  // never 0: epochs start at 1
-}
 // Value i of a merge input: a flagged word, or a float.
 __device__ __forceinline__ void merge_store(float* buffer, size_t i, float v, uint32_t flag) {
     if (LL_MERGE) ll_store(ll_words(buffer) + i, v, flag);
@@ -233,7 +230,7 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
             scratch[(lane_k * GQA_GROUP + h) * HEAD_DIM + 2 * d2 + 1] = acc[h][1];
         }
         consumers_sync();
-        const uint32_t flag = ll_flag(epoch, ins.layer);
+        const uint32_t flag = layer_flag(epoch, ins.layer);
         for (int i = t; i < GQA_GROUP * HEAD_DIM; i += CONSUMERS) {
             const int h = i / HEAD_DIM, d = i % HEAD_DIM;
             float s = 0.f;
@@ -365,7 +362,7 @@ __device__ void stage_attention(const Params& p, const Instruction& ins, uint8_t
     bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
     const int k0 = ins.k_begin, k1 = ins.k_end;
     const int h0 = k0 / HEAD_DIM, nh = (k1 + HEAD_DIM - 1) / HEAD_DIM - h0;
-    LLWait ll{ll_flag(epoch, ins.layer), static_cast<uint32_t>(&ins - p.instructions), ins.wait_counter[0], epoch};
+    LLWait ll{layer_flag(epoch, ins.layer), static_cast<uint32_t>(&ins - p.instructions), ins.wait_counter[0], epoch};
     merge_scales<LL_MERGE>(p, merge, h0, nh, t, smem, ll);
     consumers_sync();
     merge_features<LL_MERGE>(p, merge, h0, nh, k0, k1 - k0, t, smem, ll,

@@ -199,6 +199,11 @@ struct LLWait {
     }
 };
 
+// The flag of what one layer writes once per epoch (attention's outputs, the activations).
+__device__ __forceinline__ uint32_t layer_flag(unsigned long long epoch, int layer) {
+    return static_cast<uint32_t>(epoch * NUM_LAYERS + layer);  // never 0: epochs start at 1
+}
+
 // The residual h as flagged words (MONO_LL_H): EMBED, O and down write it, a stage of the epoch at a
 // time; QKV, gate/up and the LM head read it in their staging, which is their wait (each has that
 // one wait: builder.py). Stage 0 is EMBED's, 2 l + 1 layer l's O, 2 l + 2 its down. Not with split-K
@@ -214,6 +219,14 @@ __device__ __forceinline__ uint32_t h_flag(unsigned long long epoch, int stage) 
 __device__ __forceinline__ LLWait h_wait(const Params& p, const Instruction& ins, unsigned long long epoch, int stage) {
     return LLWait{h_flag(epoch, stage), static_cast<uint32_t>(&ins - p.instructions), ins.wait_counter[0], epoch};
 }
+
+// The gate/up activations as flagged words (MONO_LL_ACT): a word holds two bf16 values (the low
+// half) and the flag, gate/up writes them a pair of rows at a time, down stages them, which is its
+// one wait (builder.py). Tiles of an even number of rows only; not for head_dim 128 (spills).
+#ifndef MONO_LL_ACT
+#define MONO_LL_ACT 1
+#endif
+constexpr bool LL_ACT = MONO_LL_ACT && HEAD_DIM <= 64 && GATE_UP_ROWS_PER_TILE % 2 == 0 && INTERMEDIATE_SIZE % 2 == 0;
 
 // After a staging that reads flagged words: false when they never came (LLWait; the barrier that
 // ends every staging shows FLAG_GO to all).

@@ -68,6 +68,29 @@ __device__ void stage_rows(uint8_t* smem, const bf16* src, int ld, int k0, int n
     consumers_sync();
 }
 
+// x[m][0:n] = act[m][k0:k0 + n] from the flagged words of the activations (LL_ACT): 16 bytes of
+// words (four values) at a time, all of a row's loads in flight at once, until every flag is `ll`'s.
+constexpr int ACT_LOADS = (INTERMEDIATE_SIZE / 4 + CONSUMERS - 1) / CONSUMERS;  // per thread and row
+__device__ void stage_act(const Params& p, uint8_t* smem, int k0, int n, int t, LLWait ll) {
+    bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
+    const unsigned long long* words = reinterpret_cast<const unsigned long long*>(p.act);
+    for (int m = 0; m < ROWS; ++m)
+        for (bool current = false; !current;) {
+            current = true;
+#pragma unroll
+            for (int j = 0; j < ACT_LOADS; ++j) {
+                const int i = t + j * CONSUMERS;  // quad i of the row's n / 4
+                if (i >= n / 4) break;
+                const ulonglong2 w = mono_ptx::ld_relaxed_u64x2(words + (m * INTERMEDIATE_SIZE + k0) / 2 + 2 * i);
+                *reinterpret_cast<uint2*>(x + m * X_COLS + 4 * i) =
+                    make_uint2(static_cast<uint32_t>(w.x), static_cast<uint32_t>(w.y));
+                current &= ll_current(w.x, ll.flag) && ll_current(w.y, ll.flag);
+            }
+            if (!current && !ll.again(p, smem)) break;
+        }
+    consumers_sync();
+}
+
 // One page of whole k chunks ([chunks][rows][8]) for one warp; rows is a power of two. With rows <= 32
 // lane l owns row l % rows; with rows = 32 G it owns rows l + 32 g, g < G.
 template <int G>

@@ -152,8 +152,9 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
                 if (MONO_ATTN_EARLY && ins.opcode == OP_ATTN_PARTIAL) attn_prefetch(p, ins, epoch);
                 if (MONO_PAUSE && MONO_PAUSE_ATTN && ins.opcode == OP_ATTN_PARTIAL) flag_set(flags, FLAG_PAUSE, 1);
                 // Inputs that carry their own flags are read until current instead (LL_MERGE: O's,
-                // attention.cuh; LL_H: the residual that QKV, gate/up and the LM head stage, common.cuh).
-                const bool flagged = (LL_MERGE && ins.opcode == OP_O_PROJ) ||
+                // attention.cuh; LL_H: the residual that QKV, gate/up and the LM head stage; LL_ACT:
+                // down's; common.cuh).
+                const bool flagged = (LL_MERGE && ins.opcode == OP_O_PROJ) || (LL_ACT && ins.opcode == OP_DOWN_PROJ) ||
                                      (LL_H && (ins.opcode == OP_QKV_ROPE || ins.opcode == OP_GATE_UP ||
                                                ins.opcode == OP_LM_HEAD));
                 flags[FLAG_GO] = flagged || wait_for(p, ins, index, epoch, smem);
@@ -176,7 +177,7 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             }
             const unsigned long long op_done = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();  // every thread's stores are done before the release
-            if ((LL_MERGE || LL_H) && !flags[FLAG_GO]) goto done;  // flagged inputs never came (an abort, the bound)
+            if ((LL_MERGE || LL_H || LL_ACT) && !flags[FLAG_GO]) goto done;  // flagged inputs never came (an abort, the bound)
             if (t == 0) {
                 if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 1);
                 mono_ptx::red_release_add(p.counters + ins.signal, 1ull);

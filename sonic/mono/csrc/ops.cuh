@@ -126,11 +126,15 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
     if (staged.fresh(epoch, ins)) {
         if (COMBINE_IN_O && ins.opcode == OP_O_PROJ) {
             stage_attention(p, ins, smem, epoch, t);
+        } else if (LL_ACT && ins.opcode == OP_DOWN_PROJ) {
+            const LLWait ll{layer_flag(epoch, ins.layer), static_cast<uint32_t>(&ins - p.instructions),
+                            ins.wait_counter[0], epoch};
+            stage_act(p, smem, ins.k_begin, ins.k_end - ins.k_begin, t, ll);
         } else {
             stage_rows(smem, src, ld, ins.k_begin, ins.k_end - ins.k_begin, t);
         }
     }
-    if (LL_MERGE && !staged_ok(smem)) return;
+    if ((LL_MERGE || LL_ACT) && !staged_ok(smem)) return;
     // The residual rows this tile adds to ([ROWS][rows], words under LL_H): only this tile writes them
     // in this phase, and the stage before wrote them (QKV or gate/up read them all, and this waits
     // on those).
@@ -179,6 +183,23 @@ __device__ void op_gate_up(const Params& p, const Instruction& ins, uint8_t* sme
                    h_wait(p, ins, epoch, 2 * ins.layer + 1));
     if (LL_H && !staged_ok(smem)) return;
     matvec_tile(p, smem, ring, ins.weight_bytes, 2 * n, t);
+    if (LL_ACT) {  // a pair of rows per word, with the flag
+        unsigned long long* words = reinterpret_cast<unsigned long long*>(p.act);
+        const unsigned long long flag = static_cast<unsigned long long>(layer_flag(epoch, ins.layer)) << 32;
+        for (int i = t; i < n / 2 * ROWS; i += CONSUMERS) {
+            const int r = 2 * (i / ROWS), m = i % ROWS;
+            float v[2];
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {  // as below
+                const float g = bf16_round(y[(r + j) * ROWS + m]), u = bf16_round(y[(r + j + n) * ROWS + m]);
+                v[j] = bf16_round(g / (1.f + __expf(-g))) * u;
+            }
+            const __nv_bfloat162 pair = __floats2bfloat162_rn(v[0], v[1]);
+            mono_ptx::st_relaxed_u64(words + (m * INTERMEDIATE_SIZE + ins.tile_begin + r) / 2,
+                                     flag | *reinterpret_cast<const uint32_t*>(&pair));
+        }
+        return;
+    }
     for (int i = t; i < n * ROWS; i += CONSUMERS) {
         const int r = i / ROWS, m = i % ROWS;
         const float g = bf16_round(y[i]), u = bf16_round(y[(r + n) * ROWS + m]);
