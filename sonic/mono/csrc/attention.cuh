@@ -274,7 +274,7 @@ __device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int 
                     sum[s] = __ldcg(p.attn_sum + base + s);
                 }
             }
-            if (!current && !ll.again(p, smem)) break;
+            if (!current && !ll.settle(p, smem, ll_words(p.attn_max) + base)) break;
         }
         float best = -INFINITY;
 #pragma unroll
@@ -318,7 +318,10 @@ __device__ void merge_features(const Params& p, const float* merge, int h0, int 
                     }
                 }
             }
-            if (!current && !ll.again(p, smem)) break;
+            if (current) break;
+            const int m = q0 * 4 / n, k = k0 + q0 * 4 % n;  // this thread's first word
+            const size_t first = static_cast<size_t>(m * NUM_HEADS + k / HEAD_DIM) * KV_SPLITS * HEAD_DIM + k % HEAD_DIM;
+            if (!ll.settle(p, smem, ll_words(p.attn_o) + first)) break;
         }
 #pragma unroll
         for (int g = 0; g < MERGE_QUADS; ++g) {

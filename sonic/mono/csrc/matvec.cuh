@@ -30,7 +30,7 @@ __device__ void stage_norm(const Params& p, uint8_t* smem, const bf16* weight, i
                     hv[m][i] = __ldcg(reinterpret_cast<const float4*>(p.h + m * HIDDEN_SIZE + k));
                 }
             }
-        if (!current && !ll.again(p, smem)) break;
+        if (!current && !ll.settle(p, smem, ll_words(p.h) + 4 * t)) break;  // row 0's first word of this thread
     }
 #pragma unroll
     for (int m = 0; m < ROWS; ++m) {
@@ -86,7 +86,7 @@ __device__ void stage_act(const Params& p, uint8_t* smem, int k0, int n, int t, 
                     make_uint2(static_cast<uint32_t>(w.x), static_cast<uint32_t>(w.y));
                 current &= ll_current(w.x, ll.flag) && ll_current(w.y, ll.flag);
             }
-            if (!current && !ll.again(p, smem)) break;
+            if (!current && !ll.settle(p, smem, words + (m * INTERMEDIATE_SIZE + k0) / 2 + 2 * t)) break;
         }
     consumers_sync();
 }
