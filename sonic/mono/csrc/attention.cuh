@@ -78,9 +78,9 @@ __device__ __forceinline__ void attn_prefetch(const Params& p, const Instruction
 // floats per value (launcher.py) and start at zero, which no flag equals. Not for head_dim 128 or
 // more than four splits: those builds spill with it (the flags double the merge's loads in flight).
 #ifndef MONO_LL
-#define MONO_LL 1
+#define MONO_LL 2  // common.cuh: ll_wanted
 #endif
-constexpr bool LL_MERGE = MONO_LL && COMBINE_IN_O && HEAD_DIM <= 64 && KV_SPLITS <= 4;
+constexpr bool LL_MERGE = ll_wanted(MONO_LL) && COMBINE_IN_O && HEAD_DIM <= 64 && KV_SPLITS <= 4;
 // Value i of a merge input: a flagged word, or a float.
 __device__ __forceinline__ void merge_store(float* buffer, size_t i, float v, uint32_t flag) {
     if (LL_MERGE) ll_store(ll_words(buffer) + i, v, flag);
