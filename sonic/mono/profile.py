@@ -7,7 +7,8 @@ long the matvec waited for pages, when thread 0 ended the op, and how long the p
 a free page (the consumers behind: "full"), for its copies in flight ("land": HBM behind) and for a
 release ("pause") while it issued the instruction's pages. The time after the matvec splits into
 the epilogue (to the op's end) and the release (the barrier of every consumer thread and the
-signal). `summarize` turns that into what `sonic bench --profile` reports.
+signal). Attention has no matvec: its "stage" is its q's round trip and its "matvec" the pass over
+its keys. `summarize` turns that into what `sonic bench --profile` reports.
 """
 from __future__ import annotations
 

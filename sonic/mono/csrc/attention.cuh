@@ -150,6 +150,7 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
         }
         if (t < GQA_GROUP) { run[t] = -INFINITY; run[GQA_GROUP + t] = 0.f; }
         consumers_sync();
+        if (m == 0) stamp(p, smem, 0);  // profiling builds: q staged (its round trip)
         float acc[GQA_GROUP][2];
 #pragma unroll
         for (int h = 0; h < GQA_GROUP; ++h) acc[h][0] = acc[h][1] = 0.f;
@@ -223,6 +224,7 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
             }
             consumers_sync();
         }
+        if (m == 0) stamp(p, smem, 1);  // the keys' scores and values taken
         // Sum the key lanes' partial outputs in lane order.
 #pragma unroll
         for (int h = 0; h < GQA_GROUP && value_thread; ++h) {
@@ -255,7 +257,7 @@ static_assert(MERGE_FLOATS <= RED_FLOATS, "too many heads x splits to merge in t
 constexpr int MERGE_QUADS = cmax(1, 4 / KV_SPLITS);  // quads a thread loads at once: 4 float4 or fewer
 // LL: the inputs are flagged words (LL_MERGE), read until current (or `ll` gives up).
 template <bool LL>
-__device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int t, uint8_t* smem, LLWait& ll) {
+__device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int t, uint8_t* smem, LLWait* ll) {
     for (int i = t; i < ROWS * nh; i += CONSUMERS) {
         const int m = i / nh, base = (m * NUM_HEADS + h0 + i % nh) * KV_SPLITS;
         float top[KV_SPLITS], sum[KV_SPLITS];
@@ -268,13 +270,13 @@ __device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int 
                     const unsigned long long b = mono_ptx::ld_relaxed_u64(ll_words(p.attn_sum) + base + s);
                     top[s] = ll_value(a);
                     sum[s] = ll_value(b);
-                    current &= ll_current(a, ll.flag) && ll_current(b, ll.flag);
+                    current &= ll_current(a, ll->flag) && ll_current(b, ll->flag);
                 } else {
                     top[s] = __ldcg(p.attn_max + base + s);
                     sum[s] = __ldcg(p.attn_sum + base + s);
                 }
             }
-            if (!current && !ll.settle(p, smem, ll_words(p.attn_max) + base)) break;
+            if (!current && !ll->settle(p, smem, ll_words(p.attn_max) + base)) break;
         }
         float best = -INFINITY;
 #pragma unroll
@@ -294,7 +296,7 @@ __device__ void merge_scales(const Params& p, float* merge, int h0, int nh, int 
 // reference's attention output).
 template <bool LL, class Store>
 __device__ void merge_features(const Params& p, const float* merge, int h0, int nh, int k0, int n, int t,
-                               uint8_t* smem, LLWait& ll, Store store) {
+                               uint8_t* smem, LLWait* ll, Store store) {
     const int quads = ROWS * n / 4;
     for (int q0 = t; q0 < quads; q0 += CONSUMERS * MERGE_QUADS) {
         float4 v[MERGE_QUADS][KV_SPLITS];
@@ -311,8 +313,8 @@ __device__ void merge_features(const Params& p, const float* merge, int h0, int 
                         const unsigned long long* w = ll_words(p.attn_o) + base + s * HEAD_DIM;
                         const ulonglong2 lo = mono_ptx::ld_relaxed_u64x2(w), hi = mono_ptx::ld_relaxed_u64x2(w + 2);
                         v[g][s] = make_float4(ll_value(lo.x), ll_value(lo.y), ll_value(hi.x), ll_value(hi.y));
-                        current &= ll_current(lo.x, ll.flag) && ll_current(lo.y, ll.flag) &&
-                                   ll_current(hi.x, ll.flag) && ll_current(hi.y, ll.flag);
+                        current &= ll_current(lo.x, ll->flag) && ll_current(lo.y, ll->flag) &&
+                                   ll_current(hi.x, ll->flag) && ll_current(hi.y, ll->flag);
                     } else {
                         v[g][s] = __ldcg(reinterpret_cast<const float4*>(p.attn_o + base + s * HEAD_DIM));
                     }
@@ -321,7 +323,7 @@ __device__ void merge_features(const Params& p, const float* merge, int h0, int 
             if (current) break;
             const int m = q0 * 4 / n, k = k0 + q0 * 4 % n;  // this thread's first word
             const size_t first = static_cast<size_t>(m * NUM_HEADS + k / HEAD_DIM) * KV_SPLITS * HEAD_DIM + k % HEAD_DIM;
-            if (!ll.settle(p, smem, ll_words(p.attn_o) + first)) break;
+            if (!ll->settle(p, smem, ll_words(p.attn_o) + first)) break;
         }
 #pragma unroll
         for (int g = 0; g < MERGE_QUADS; ++g) {
@@ -348,10 +350,9 @@ __device__ void merge_features(const Params& p, const float* merge, int h0, int 
 __device__ void op_attn_combine(const Params& p, const Instruction& ins, uint8_t* smem) {
     const int t = threadIdx.x, h0 = ins.group * GQA_GROUP;
     float* merge = reinterpret_cast<float*>(smem + OFF_RED);
-    LLWait plain{};
-    merge_scales<false>(p, merge, h0, GQA_GROUP, t, smem, plain);
+    merge_scales<false>(p, merge, h0, GQA_GROUP, t, smem, nullptr);
     consumers_sync();
-    merge_features<false>(p, merge, h0, GQA_GROUP, h0 * HEAD_DIM, GQA_GROUP * HEAD_DIM, t, smem, plain,
+    merge_features<false>(p, merge, h0, GQA_GROUP, h0 * HEAD_DIM, GQA_GROUP * HEAD_DIM, t, smem, nullptr,
                           [&](int m, int c, bf16 v) {
         __stcg(reinterpret_cast<unsigned short*>(p.attn + m * Q_SIZE + h0 * HEAD_DIM + c), __bfloat16_as_ushort(v));
     });
@@ -365,10 +366,10 @@ __device__ void stage_attention(const Params& p, const Instruction& ins, uint8_t
     bf16* x = reinterpret_cast<bf16*>(smem + OFF_X);
     const int k0 = ins.k_begin, k1 = ins.k_end;
     const int h0 = k0 / HEAD_DIM, nh = (k1 + HEAD_DIM - 1) / HEAD_DIM - h0;
-    LLWait ll{layer_flag(epoch, ins.layer), static_cast<uint32_t>(&ins - p.instructions), ins.wait_counter[0], epoch};
-    merge_scales<LL_MERGE>(p, merge, h0, nh, t, smem, ll);
+    LLWait ll = ll_wait(p, ins, epoch, layer_flag(epoch, ins.layer));
+    merge_scales<LL_MERGE>(p, merge, h0, nh, t, smem, &ll);
     consumers_sync();
-    merge_features<LL_MERGE>(p, merge, h0, nh, k0, k1 - k0, t, smem, ll,
+    merge_features<LL_MERGE>(p, merge, h0, nh, k0, k1 - k0, t, smem, &ll,
                              [&](int m, int c, bf16 v) { x[m * X_COLS + c] = v; });
     consumers_sync();
 }

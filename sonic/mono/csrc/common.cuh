@@ -40,6 +40,13 @@ constexpr int PAGE_ARRIVALS = 32 * MAX_PAGE_SPLIT;
 #define MONO_IN_FLIGHT 4
 #endif
 constexpr uint32_t IN_FLIGHT = MONO_IN_FLIGHT;
+// A QKV tile's pages are issued late (behind the down tile before it, which fills the ring, and the
+// pause for its release) and its matvec, on the layer's chain of waits, waits for them: its copies
+// may have MONO_IN_FLIGHT_QKV in flight. Its own release comes after they have landed.
+#ifndef MONO_IN_FLIGHT_QKV
+#define MONO_IN_FLIGHT_QKV MONO_IN_FLIGHT
+#endif
+constexpr uint32_t IN_FLIGHT_QKV = MONO_IN_FLIGHT_QKV;
 constexpr int SMEM_BYTES = 227 * 1024;  // dynamic shared memory of the launch: Hopper's maximum
 
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
@@ -213,6 +220,12 @@ struct LLWait {
     }
 };
 
+// An instruction's wait for words flagged `flag` in `epoch` (its one counter wait, named to the watchdog).
+__device__ __forceinline__ LLWait ll_wait(const Params& p, const Instruction& ins, unsigned long long epoch,
+                                          uint32_t flag) {
+    return LLWait{flag, static_cast<uint32_t>(&ins - p.instructions), ins.wait_counter[0], epoch};
+}
+
 // Whether a link uses flagged words: MONO_LL, MONO_LL_H and MONO_LL_ACT are 0 (no), 1 (where the build
 // allows) or 2, the default: where the model is small (hidden size up to 1024). Readers wait
 // microseconds on the larger models, and there the flagged words measured slower: llama-3.2-1b
@@ -234,10 +247,6 @@ __device__ __forceinline__ uint32_t layer_flag(unsigned long long epoch, int lay
 constexpr bool LL_H = ll_wanted(MONO_LL_H) && K_SPLITS == 1 && HEAD_DIM <= 64;
 __device__ __forceinline__ uint32_t h_flag(unsigned long long epoch, int stage) {
     return static_cast<uint32_t>(epoch * (2 * NUM_LAYERS + 1) + stage);
-}
-// The reader's wait on h at `stage` of `epoch` (the instruction's one counter wait, for the watchdog).
-__device__ __forceinline__ LLWait h_wait(const Params& p, const Instruction& ins, unsigned long long epoch, int stage) {
-    return LLWait{h_flag(epoch, stage), static_cast<uint32_t>(&ins - p.instructions), ins.wait_counter[0], epoch};
 }
 
 // The gate/up activations as flagged words (MONO_LL_ACT): a word holds two bf16 values (the low
@@ -289,7 +298,8 @@ struct Staged {
     }
 };
 
-// Profiling builds: thread 0 notes when a matvec's inputs are staged (k = 0) and its sums done (k = 1).
+// Profiling builds: thread 0 notes when a matvec's inputs are staged (k = 0) and its sums done (k = 1);
+// attention's: its q staged and its keys taken.
 __device__ __forceinline__ void stamp(const Params& p, uint8_t* smem, int k) {
     if (p.profile && threadIdx.x == 0)
         reinterpret_cast<unsigned long long*>(smem + OFF_FLAGS + 4 * FLAG_STAMPS)[k] = mono_ptx::globaltimer();

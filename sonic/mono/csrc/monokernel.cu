@@ -70,6 +70,7 @@ struct Cursor {
     __device__ explicit Cursor(uint32_t q0) : qi(q0) {}
     uint32_t index = 0;  // instruction of the page last returned
     bool last = false;   // it is that instruction's last page
+    bool qkv = false;    // it is a QKV tile's page
     __device__ bool next(const Params& p, uint32_t q0, uint32_t q1, const uint8_t*& src, uint32_t& n) {
         while (epoch < p.num_epochs) {
             if (qi >= q1) { qi = q0; ++epoch; continue; }
@@ -80,6 +81,7 @@ struct Cursor {
                 n = min(static_cast<uint32_t>(PAGE_BYTES), ins.weight_bytes - off);
                 off += PAGE_BYTES;
                 last = off >= ins.weight_bytes;
+                qkv = ins.opcode == OP_QKV_ROPE;
                 return true;
             }
             off = 0;
@@ -107,8 +109,9 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
         while (!mono_ptx::mbar_try_wait(&empty[slot], Ring::phase(ring.count) ^ 1))
             if (flag_get(flags, FLAG_EXIT)) goto drain;
         if (p.profile) full_ns += mono_ptx::globaltimer() - mark, mark = mono_ptx::globaltimer();
-        if (IN_FLIGHT < NUM_PAGES && ring.count >= IN_FLIGHT) {  // page count - IN_FLIGHT has landed
-            const uint32_t old = ring.count - IN_FLIGHT;
+        const uint32_t in_flight = copy.qkv ? IN_FLIGHT_QKV : IN_FLIGHT;
+        if (in_flight < NUM_PAGES && ring.count >= in_flight) {  // page count - in_flight has landed
+            const uint32_t old = ring.count - in_flight;
             while (!mono_ptx::mbar_try_wait(&full[Ring::slot(old)], Ring::phase(old)))
                 if (flag_get(flags, FLAG_EXIT)) goto drain;
         }
@@ -187,13 +190,13 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             if (p.profile && t == 0) {
                 unsigned long long* out = p.profile + PROFILE_STAMPS * index;
                 const unsigned long long* marks = reinterpret_cast<unsigned long long*>(smem + OFF_FLAGS + 4 * FLAG_STAMPS);
-                const bool matvec = ins.weight_bytes > 0;
+                const bool matvec = ins.weight_bytes > 0 || ins.opcode == OP_ATTN_PARTIAL;  // attention: 2 stamps
                 out[0] = started;
                 out[1] = ready;
                 out[2] = matvec ? marks[0] : ready;
                 out[3] = matvec ? marks[1] : ready;
                 out[4] = mono_ptx::globaltimer();
-                out[6] = matvec ? marks[2] : 0;
+                out[6] = ins.weight_bytes > 0 ? marks[2] : 0;
                 out[7] = op_done;
             }
         }

@@ -53,7 +53,7 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
     const bf16* small = p.smalls + static_cast<size_t>(ins.layer) * SMALL_PER_LAYER;
     float* y = reinterpret_cast<float*>(smem + OFF_Y);
     float* stat = reinterpret_cast<float*>(smem + OFF_STAT);
-    if (staged.fresh(epoch, ins)) stage_norm(p, smem, small + SMALL_ATTN_NORM, t, h_wait(p, ins, epoch, 2 * ins.layer));
+    if (staged.fresh(epoch, ins)) stage_norm(p, smem, small + SMALL_ATTN_NORM, t, ll_wait(p, ins, epoch, h_flag(epoch, 2 * ins.layer)));
     if (LL_H && !staged_ok(smem)) return;
     float* rope = reinterpret_cast<float*>(smem + OFF_ATTN);  // [ROWS][cos, sin][HEAD_DIM] at the position
     if (ROPE_EARLY)
@@ -127,9 +127,7 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
         if (COMBINE_IN_O && ins.opcode == OP_O_PROJ) {
             stage_attention(p, ins, smem, epoch, t);
         } else if (LL_ACT && ins.opcode == OP_DOWN_PROJ) {
-            const LLWait ll{layer_flag(epoch, ins.layer), static_cast<uint32_t>(&ins - p.instructions),
-                            ins.wait_counter[0], epoch};
-            stage_act(p, smem, ins.k_begin, ins.k_end - ins.k_begin, t, ll);
+            stage_act(p, smem, ins.k_begin, ins.k_end - ins.k_begin, t, ll_wait(p, ins, epoch, layer_flag(epoch, ins.layer)));
         } else {
             stage_rows(smem, src, ld, ins.k_begin, ins.k_end - ins.k_begin, t);
         }
@@ -180,7 +178,7 @@ __device__ void op_gate_up(const Params& p, const Instruction& ins, uint8_t* sme
     const float* y = reinterpret_cast<const float*>(smem + OFF_Y);
     if (staged.fresh(epoch, ins))
         stage_norm(p, smem, p.smalls + static_cast<size_t>(ins.layer) * SMALL_PER_LAYER + SMALL_MLP_NORM, t,
-                   h_wait(p, ins, epoch, 2 * ins.layer + 1));
+                   ll_wait(p, ins, epoch, h_flag(epoch, 2 * ins.layer + 1)));
     if (LL_H && !staged_ok(smem)) return;
     matvec_tile(p, smem, ring, ins.weight_bytes, 2 * n, t);
     if (LL_ACT) {  // a pair of rows per word, with the flag
