@@ -44,7 +44,7 @@ constexpr uint32_t IN_FLIGHT = MONO_IN_FLIGHT;
 // pause for its release) and its matvec, on the layer's chain of waits, waits for them: its copies
 // may have MONO_IN_FLIGHT_QKV in flight. Its own release comes after they have landed.
 #ifndef MONO_IN_FLIGHT_QKV
-#define MONO_IN_FLIGHT_QKV MONO_IN_FLIGHT
+#define MONO_IN_FLIGHT_QKV 8  // llama-3.2-1b 1099.8 -> 1109.1 tok/s against MONO_IN_FLIGHT (4; H100, 5a49c91)
 #endif
 constexpr uint32_t IN_FLIGHT_QKV = MONO_IN_FLIGHT_QKV;
 constexpr int SMEM_BYTES = 227 * 1024;  // dynamic shared memory of the launch: Hopper's maximum
@@ -227,9 +227,10 @@ __device__ __forceinline__ LLWait ll_wait(const Params& p, const Instruction& in
 }
 
 // Whether a link uses flagged words: MONO_LL, MONO_LL_H and MONO_LL_ACT are 0 (no), 1 (where the build
-// allows) or 2, the default: where the model is small (hidden size up to 1024). Readers wait
-// microseconds on the larger models, and there the flagged words measured slower: llama-3.2-1b
-// 1105 -> 1041 tok/s, smollm2-135m 1663 -> 1790 (H100, 7c114e3).
+// allows) or 2 (the default of the first and last): where the model is small (hidden size up to
+// 1024). Readers of attention's outputs and of the activations wait microseconds on the larger
+// models, and there those links measured slower: llama-3.2-1b 1105 -> 1041 tok/s with all three,
+// smollm2-135m 1663 -> 1790 (H100, 7c114e3).
 __host__ __device__ constexpr bool ll_wanted(int setting) { return setting == 2 ? HIDDEN_SIZE <= 1024 : setting != 0; }
 
 // The flag of what one layer writes once per epoch (attention's outputs, the activations).
@@ -240,9 +241,10 @@ __device__ __forceinline__ uint32_t layer_flag(unsigned long long epoch, int lay
 // The residual h as flagged words (MONO_LL_H): EMBED, O and down write it, a stage of the epoch at a
 // time; QKV, gate/up and the LM head read it in their staging, which is their wait (each has that
 // one wait: builder.py). Stage 0 is EMBED's, 2 l + 1 layer l's O, 2 l + 2 its down. Not with split-K
-// (RESIDUAL writes h), nor for head_dim 128, whose builds spill with it.
+// (RESIDUAL writes h), nor for head_dim 128, whose builds spill with it. On wherever the build allows:
+// alone (without the other two links) it paid on llama-3.2-1b too, 1099.8 -> 1118.6 tok/s (H100, 5a49c91).
 #ifndef MONO_LL_H
-#define MONO_LL_H 2
+#define MONO_LL_H 1
 #endif
 constexpr bool LL_H = ll_wanted(MONO_LL_H) && K_SPLITS == 1 && HEAD_DIM <= 64;
 __device__ __forceinline__ uint32_t h_flag(unsigned long long epoch, int stage) {

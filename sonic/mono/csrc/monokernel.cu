@@ -152,15 +152,16 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             const Instruction& ins = p.instructions[index];
             const unsigned long long started = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             if (t == 0) {
-                if (MONO_ATTN_EARLY && ins.opcode == OP_ATTN_PARTIAL) attn_prefetch(p, ins, epoch);
+                if (MONO_ATTN_EARLY && !ATTN_PRELOAD && ins.opcode == OP_ATTN_PARTIAL) attn_prefetch(p, ins, epoch);
                 if (MONO_PAUSE && MONO_PAUSE_ATTN && ins.opcode == OP_ATTN_PARTIAL) flag_set(flags, FLAG_PAUSE, 1);
-                // Inputs that carry their own flags are read until current instead (LL_MERGE: O's,
-                // attention.cuh; LL_H: the residual that QKV, gate/up and the LM head stage; LL_ACT:
-                // down's; common.cuh).
-                const bool flagged = (LL_MERGE && ins.opcode == OP_O_PROJ) || (LL_ACT && ins.opcode == OP_DOWN_PROJ) ||
-                                     (LL_H && (ins.opcode == OP_QKV_ROPE || ins.opcode == OP_GATE_UP ||
-                                               ins.opcode == OP_LM_HEAD));
-                flags[FLAG_GO] = flagged || wait_for(p, ins, index, epoch, smem);
+                // Some ops wait inside: inputs that carry their own flags are read until current
+                // (LL_MERGE: O's, attention.cuh; LL_H: the residual that QKV, gate/up and the LM head
+                // stage; LL_ACT: down's; common.cuh), and attention loads its keys first (ATTN_PRELOAD).
+                const bool inside = (LL_MERGE && ins.opcode == OP_O_PROJ) || (LL_ACT && ins.opcode == OP_DOWN_PROJ) ||
+                                    (ATTN_PRELOAD && ins.opcode == OP_ATTN_PARTIAL) ||
+                                    (LL_H && (ins.opcode == OP_QKV_ROPE || ins.opcode == OP_GATE_UP ||
+                                              ins.opcode == OP_LM_HEAD));
+                flags[FLAG_GO] = inside || wait_for(p, ins, index, epoch, smem);
             }
             const unsigned long long ready = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();
@@ -168,7 +169,9 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             switch (ins.opcode) {
                 case OP_EMBED: op_embed(p, ins, epoch); break;
                 case OP_QKV_ROPE: op_qkv_rope(p, ins, smem, ring, epoch, staged); break;
-                case OP_ATTN_PARTIAL: op_attn_partial(p, ins, smem, epoch); break;
+                case OP_ATTN_PARTIAL:
+                    op_attn_partial(p, ins, smem, epoch, [&] { return wait_for(p, ins, index, epoch, smem); });
+                    break;
                 case OP_ATTN_COMBINE: op_attn_combine(p, ins, smem); break;
                 case OP_O_PROJ: op_projection(p, ins, smem, ring, p.attn, Q_SIZE, epoch, staged); break;
                 case OP_GATE_UP: op_gate_up(p, ins, smem, ring, epoch, staged); break;
@@ -180,7 +183,8 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             }
             const unsigned long long op_done = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();  // every thread's stores are done before the release
-            if ((LL_MERGE || LL_H || LL_ACT) && !flags[FLAG_GO]) goto done;  // flagged inputs never came (an abort, the bound)
+            // Flagged inputs or attention's wait (ATTN_PRELOAD) never came: an abort, a stop, the bound.
+            if ((LL_MERGE || LL_H || LL_ACT || ATTN_PRELOAD) && !flags[FLAG_GO]) goto done;
             if (t == 0) {
                 if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 1);
                 mono_ptx::red_release_add(p.counters + ins.signal, 1ull);
