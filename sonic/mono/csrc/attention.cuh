@@ -77,6 +77,10 @@ __device__ __forceinline__ void attn_prefetch(const Params& p, const Instruction
 // and read whole (relaxed 64-bit accesses), so a current flag carries its value; the buffers hold two
 // floats per value (launcher.py) and start at zero, which no flag equals. Not for head_dim 128 or
 // more than four splits: those builds spill with it (the flags double the merge's loads in flight).
+#ifndef MONO_ATTN_Q_FIRST
+#define MONO_ATTN_Q_FIRST 0
+#endif
+
 #ifndef MONO_LL
 #define MONO_LL 2  // common.cuh: ll_wanted
 #endif
@@ -91,18 +95,7 @@ __device__ __forceinline__ void merge_store(float* buffer, size_t i, float v, ui
 // taken ATTN_CHUNK at a time with an online softmax across chunks. Each pass issues all of its K and
 // V loads at once (into registers: a key row per thread, column pairs of V per thread), so a pass
 // costs one round trip to memory, the next pass's loads overlapping this pass's last barrier.
-// With MONO_ATTN_PRELOAD (one row) the first pass's keys and values are loaded before the wait, which
-// `wait` is: all but the keys at pos - 1 and pos were cached in epochs this SM's earlier waits follow
-// (QKV caches the key at pos, or under NORM_IN_ATTENTION the first O tile after attention), and those
-// two are loaded again after it. Only q's round trip is left after the wait. Not for head_dim 128,
-// whose builds spill with it (a key row is 16 registers more).
-#ifndef MONO_ATTN_PRELOAD
-#define MONO_ATTN_PRELOAD 1
-#endif
-constexpr bool ATTN_PRELOAD = MONO_ATTN_PRELOAD && ROWS == 1 && HEAD_DIM <= 64;
-template <class Wait>
-__device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t* smem, unsigned long long epoch,
-                                Wait wait) {
+__device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t* smem, unsigned long long epoch) {
     const int t = threadIdx.x, warp = t / 32, lane = t % 32;
     float* qs = reinterpret_cast<float*>(smem + OFF_ATTN_Q);
     float* run = reinterpret_cast<float*>(smem + OFF_ATTN_RUN);  // [0]: max, [GQA]: sum, [2 GQA]: rescale
@@ -114,8 +107,8 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
     const bool value_thread = t < VALUE_THREADS;
     uint4 kreg[HEAD_DIM / 8];
     unsigned vreg[VALUE_REGS];
-    auto load = [&](int c0, int n, int from) {  // keys c0 + i, i < n, from position `from` on
-        if (t < n && c0 + t >= from) {
+    auto load = [&](int c0, int n) {
+        if (t < n) {
             const uint4* key = reinterpret_cast<const uint4*>(keys + static_cast<size_t>(c0 + t) * HEAD_DIM);
 #pragma unroll
             for (int c = 0; c < HEAD_DIM / 8; ++c) kreg[c] = __ldcg(key + c);
@@ -123,7 +116,7 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
 #pragma unroll
         for (int i = 0; i < VALUE_REGS; ++i) {
             const int j = lane_k + KEY_LANES * i;
-            if (value_thread && j < n && c0 + j >= from)
+            if (value_thread && j < n)
                 vreg[i] = __ldcg(reinterpret_cast<const unsigned*>(values + static_cast<size_t>(c0 + j) * HEAD_DIM) + d2);
         }
     };
@@ -146,16 +139,14 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
         const int a = min(lo + ins.split * chunk, hi), b = min(a + chunk, hi);
         const int out0 = (m * NUM_HEADS + ins.group * GQA_GROUP) * KV_SPLITS + ins.split;  // head h: + h * KV_SPLITS
         int c0 = a, n = min(ATTN_CHUNK, b - a);
-        load(c0, n, c0);
-        if (ATTN_PRELOAD) {
-            volatile uint32_t* flags = reinterpret_cast<volatile uint32_t*>(smem + OFF_FLAGS);
-            if (t == 0) flags[FLAG_GO] = wait();
-            consumers_sync();
-            if (!flags[FLAG_GO]) return;
-            load(c0, n, pos - 1);
-        }
-        for (int i = t; i < GQA_GROUP * HEAD_DIM; i += CONSUMERS)
-            qs[i] = __bfloat162float(__ldcg(p.q + m * Q_SIZE + ins.group * GQA_GROUP * HEAD_DIM + i));
+        // q's loads ahead of the keys' (MONO_ATTN_Q_FIRST): only q waits on this epoch's QKV.
+        const bf16* qrow = p.q + m * Q_SIZE + ins.group * GQA_GROUP * HEAD_DIM;
+        float qv[(GQA_GROUP * HEAD_DIM + CONSUMERS - 1) / CONSUMERS];
+        if (MONO_ATTN_Q_FIRST)
+            for (int i = t, r = 0; i < GQA_GROUP * HEAD_DIM; i += CONSUMERS, ++r) qv[r] = __bfloat162float(__ldcg(qrow + i));
+        load(c0, n);
+        for (int i = t, r = 0; i < GQA_GROUP * HEAD_DIM; i += CONSUMERS, ++r)
+            qs[i] = MONO_ATTN_Q_FIRST ? qv[r] : __bfloat162float(__ldcg(qrow + i));
         if (NORM_IN_ATTENTION) {  // q and k raw: norm and rotate them; the key at pos is not cached yet
             for (int i = t; i < HEAD_DIM; i += CONSUMERS)
                 knew[i] = __bfloat162float(__ldcg(p.k_new + ins.group * HEAD_DIM + i));
@@ -237,7 +228,7 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
             c0 += ATTN_CHUNK;
             n = min(ATTN_CHUNK, b - c0);
             if (c0 < b) {
-                load(c0, n, c0);  // in flight across the barrier
+                load(c0, n);  // in flight across the barrier
                 patch(c0, n, pos);
             }
             consumers_sync();

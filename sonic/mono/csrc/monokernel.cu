@@ -70,7 +70,7 @@ struct Cursor {
     __device__ explicit Cursor(uint32_t q0) : qi(q0) {}
     uint32_t index = 0;  // instruction of the page last returned
     bool last = false;   // it is that instruction's last page
-    bool qkv = false;    // it is a QKV tile's page
+    uint32_t op = 0;     // that instruction's opcode
     __device__ bool next(const Params& p, uint32_t q0, uint32_t q1, const uint8_t*& src, uint32_t& n) {
         while (epoch < p.num_epochs) {
             if (qi >= q1) { qi = q0; ++epoch; continue; }
@@ -81,7 +81,7 @@ struct Cursor {
                 n = min(static_cast<uint32_t>(PAGE_BYTES), ins.weight_bytes - off);
                 off += PAGE_BYTES;
                 last = off >= ins.weight_bytes;
-                qkv = ins.opcode == OP_QKV_ROPE;
+                op = ins.opcode;
                 return true;
             }
             off = 0;
@@ -109,7 +109,7 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
         while (!mono_ptx::mbar_try_wait(&empty[slot], Ring::phase(ring.count) ^ 1))
             if (flag_get(flags, FLAG_EXIT)) goto drain;
         if (p.profile) full_ns += mono_ptx::globaltimer() - mark, mark = mono_ptx::globaltimer();
-        const uint32_t in_flight = copy.qkv ? IN_FLIGHT_QKV : IN_FLIGHT;
+        const uint32_t in_flight = copy.op == OP_QKV_ROPE ? IN_FLIGHT_QKV : copy.op == OP_O_PROJ ? IN_FLIGHT_O : IN_FLIGHT;
         if (in_flight < NUM_PAGES && ring.count >= in_flight) {  // page count - in_flight has landed
             const uint32_t old = ring.count - in_flight;
             while (!mono_ptx::mbar_try_wait(&full[Ring::slot(old)], Ring::phase(old)))
@@ -117,8 +117,10 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
         }
         if (p.profile) landing_ns += mono_ptx::globaltimer() - mark, mark = mono_ptx::globaltimer();
         if (MONO_PAUSE)
-            while (flag_get(flags, FLAG_PAUSE))
+            while (flag_get(flags, FLAG_PAUSE)) {
+                if (MONO_PAUSE_SLEEP) __nanosleep(MONO_PAUSE_SLEEP);
                 if (flag_get(flags, FLAG_EXIT)) goto drain;
+            }
         if (p.profile) pause_ns += mono_ptx::globaltimer() - mark;
         mono_ptx::mbar_expect_tx(&full[slot], n);
         mono_ptx::bulk_copy(smem + OFF_PAGES + slot * PAGE_BYTES, src, n, &full[slot], policy);
@@ -152,16 +154,15 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             const Instruction& ins = p.instructions[index];
             const unsigned long long started = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             if (t == 0) {
-                if (MONO_ATTN_EARLY && !ATTN_PRELOAD && ins.opcode == OP_ATTN_PARTIAL) attn_prefetch(p, ins, epoch);
+                if (MONO_ATTN_EARLY && ins.opcode == OP_ATTN_PARTIAL) attn_prefetch(p, ins, epoch);
                 if (MONO_PAUSE && MONO_PAUSE_ATTN && ins.opcode == OP_ATTN_PARTIAL) flag_set(flags, FLAG_PAUSE, 1);
-                // Some ops wait inside: inputs that carry their own flags are read until current
-                // (LL_MERGE: O's, attention.cuh; LL_H: the residual that QKV, gate/up and the LM head
-                // stage; LL_ACT: down's; common.cuh), and attention loads its keys first (ATTN_PRELOAD).
-                const bool inside = (LL_MERGE && ins.opcode == OP_O_PROJ) || (LL_ACT && ins.opcode == OP_DOWN_PROJ) ||
-                                    (ATTN_PRELOAD && ins.opcode == OP_ATTN_PARTIAL) ||
-                                    (LL_H && (ins.opcode == OP_QKV_ROPE || ins.opcode == OP_GATE_UP ||
-                                              ins.opcode == OP_LM_HEAD));
-                flags[FLAG_GO] = inside || wait_for(p, ins, index, epoch, smem);
+                // Inputs that carry their own flags are read until current instead (LL_MERGE: O's,
+                // attention.cuh; LL_H: the residual that QKV, gate/up and the LM head stage; LL_ACT:
+                // down's; common.cuh).
+                const bool flagged = (LL_MERGE && ins.opcode == OP_O_PROJ) || (LL_ACT && ins.opcode == OP_DOWN_PROJ) ||
+                                     (LL_H && (ins.opcode == OP_QKV_ROPE || ins.opcode == OP_GATE_UP ||
+                                               ins.opcode == OP_LM_HEAD));
+                flags[FLAG_GO] = flagged || wait_for(p, ins, index, epoch, smem);
             }
             const unsigned long long ready = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();
@@ -169,9 +170,7 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             switch (ins.opcode) {
                 case OP_EMBED: op_embed(p, ins, epoch); break;
                 case OP_QKV_ROPE: op_qkv_rope(p, ins, smem, ring, epoch, staged); break;
-                case OP_ATTN_PARTIAL:
-                    op_attn_partial(p, ins, smem, epoch, [&] { return wait_for(p, ins, index, epoch, smem); });
-                    break;
+                case OP_ATTN_PARTIAL: op_attn_partial(p, ins, smem, epoch); break;
                 case OP_ATTN_COMBINE: op_attn_combine(p, ins, smem); break;
                 case OP_O_PROJ: op_projection(p, ins, smem, ring, p.attn, Q_SIZE, epoch, staged); break;
                 case OP_GATE_UP: op_gate_up(p, ins, smem, ring, epoch, staged); break;
@@ -183,8 +182,7 @@ __device__ void consumer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
             }
             const unsigned long long op_done = p.profile && t == 0 ? mono_ptx::globaltimer() : 0;
             consumers_sync();  // every thread's stores are done before the release
-            // Flagged inputs or attention's wait (ATTN_PRELOAD) never came: an abort, a stop, the bound.
-            if ((LL_MERGE || LL_H || LL_ACT || ATTN_PRELOAD) && !flags[FLAG_GO]) goto done;
+            if ((LL_MERGE || LL_H || LL_ACT) && !flags[FLAG_GO]) goto done;  // flagged inputs never came (an abort, the bound)
             if (t == 0) {
                 if (MONO_PAUSE) flag_set(flags, FLAG_PAUSE, 1);
                 mono_ptx::red_release_add(p.counters + ins.signal, 1ull);
