@@ -77,10 +77,6 @@ __device__ __forceinline__ void attn_prefetch(const Params& p, const Instruction
 // and read whole (relaxed 64-bit accesses), so a current flag carries its value; the buffers hold two
 // floats per value (launcher.py) and start at zero, which no flag equals. Not for head_dim 128 or
 // more than four splits: those builds spill with it (the flags double the merge's loads in flight).
-#ifndef MONO_ATTN_Q_FIRST
-#define MONO_ATTN_Q_FIRST 0
-#endif
-
 #ifndef MONO_LL
 #define MONO_LL 2  // common.cuh: ll_wanted
 #endif
@@ -139,14 +135,9 @@ __device__ void op_attn_partial(const Params& p, const Instruction& ins, uint8_t
         const int a = min(lo + ins.split * chunk, hi), b = min(a + chunk, hi);
         const int out0 = (m * NUM_HEADS + ins.group * GQA_GROUP) * KV_SPLITS + ins.split;  // head h: + h * KV_SPLITS
         int c0 = a, n = min(ATTN_CHUNK, b - a);
-        // q's loads ahead of the keys' (MONO_ATTN_Q_FIRST): only q waits on this epoch's QKV.
-        const bf16* qrow = p.q + m * Q_SIZE + ins.group * GQA_GROUP * HEAD_DIM;
-        float qv[(GQA_GROUP * HEAD_DIM + CONSUMERS - 1) / CONSUMERS];
-        if (MONO_ATTN_Q_FIRST)
-            for (int i = t, r = 0; i < GQA_GROUP * HEAD_DIM; i += CONSUMERS, ++r) qv[r] = __bfloat162float(__ldcg(qrow + i));
         load(c0, n);
-        for (int i = t, r = 0; i < GQA_GROUP * HEAD_DIM; i += CONSUMERS, ++r)
-            qs[i] = MONO_ATTN_Q_FIRST ? qv[r] : __bfloat162float(__ldcg(qrow + i));
+        for (int i = t; i < GQA_GROUP * HEAD_DIM; i += CONSUMERS)
+            qs[i] = __bfloat162float(__ldcg(p.q + m * Q_SIZE + ins.group * GQA_GROUP * HEAD_DIM + i));
         if (NORM_IN_ATTENTION) {  // q and k raw: norm and rotate them; the key at pos is not cached yet
             for (int i = t; i < HEAD_DIM; i += CONSUMERS)
                 knew[i] = __bfloat162float(__ldcg(p.k_new + ins.group * HEAD_DIM + i));

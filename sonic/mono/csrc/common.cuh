@@ -47,15 +47,6 @@ constexpr uint32_t IN_FLIGHT = MONO_IN_FLIGHT;
 #define MONO_IN_FLIGHT_QKV 8  // llama-3.2-1b 1099.8 -> 1109.1 tok/s against MONO_IN_FLIGHT (4; H100, 5a49c91)
 #endif
 constexpr uint32_t IN_FLIGHT_QKV = MONO_IN_FLIGHT_QKV;
-#ifndef MONO_IN_FLIGHT_O
-#define MONO_IN_FLIGHT_O MONO_IN_FLIGHT
-#endif
-constexpr uint32_t IN_FLIGHT_O = MONO_IN_FLIGHT_O;
-// The producer's spin while paused: a pause (ns) between its polls leaves the issue slots of its
-// sub-partition to the consumer warps there.
-#ifndef MONO_PAUSE_SLEEP
-#define MONO_PAUSE_SLEEP 0
-#endif
 constexpr int SMEM_BYTES = 227 * 1024;  // dynamic shared memory of the launch: Hopper's maximum
 
 constexpr int cmax(int a, int b) { return a > b ? a : b; }

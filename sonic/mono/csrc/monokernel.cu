@@ -109,7 +109,7 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
         while (!mono_ptx::mbar_try_wait(&empty[slot], Ring::phase(ring.count) ^ 1))
             if (flag_get(flags, FLAG_EXIT)) goto drain;
         if (p.profile) full_ns += mono_ptx::globaltimer() - mark, mark = mono_ptx::globaltimer();
-        const uint32_t in_flight = copy.op == OP_QKV_ROPE ? IN_FLIGHT_QKV : copy.op == OP_O_PROJ ? IN_FLIGHT_O : IN_FLIGHT;
+        const uint32_t in_flight = copy.op == OP_QKV_ROPE ? IN_FLIGHT_QKV : IN_FLIGHT;
         if (in_flight < NUM_PAGES && ring.count >= in_flight) {  // page count - in_flight has landed
             const uint32_t old = ring.count - in_flight;
             while (!mono_ptx::mbar_try_wait(&full[Ring::slot(old)], Ring::phase(old)))
@@ -117,10 +117,8 @@ __device__ void producer(const Params& p, uint8_t* smem, uint32_t q0, uint32_t q
         }
         if (p.profile) landing_ns += mono_ptx::globaltimer() - mark, mark = mono_ptx::globaltimer();
         if (MONO_PAUSE)
-            while (flag_get(flags, FLAG_PAUSE)) {
-                if (MONO_PAUSE_SLEEP) __nanosleep(MONO_PAUSE_SLEEP);
+            while (flag_get(flags, FLAG_PAUSE))
                 if (flag_get(flags, FLAG_EXIT)) goto drain;
-            }
         if (p.profile) pause_ns += mono_ptx::globaltimer() - mark;
         mono_ptx::mbar_expect_tx(&full[slot], n);
         mono_ptx::bulk_copy(smem + OFF_PAGES + slot * PAGE_BYTES, src, n, &full[slot], policy);
