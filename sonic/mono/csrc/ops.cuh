@@ -53,7 +53,8 @@ __device__ void op_qkv_rope(const Params& p, const Instruction& ins, uint8_t* sm
     const bf16* small = p.smalls + static_cast<size_t>(ins.layer) * SMALL_PER_LAYER;
     float* y = reinterpret_cast<float*>(smem + OFF_Y);
     float* stat = reinterpret_cast<float*>(smem + OFF_STAT);
-    if (staged.fresh(epoch, ins)) stage_norm(p, smem, small + SMALL_ATTN_NORM, t, ll_wait(p, ins, epoch, h_flag(epoch, 2 * ins.layer)));
+    if (staged.fresh(epoch, ins))
+        stage_norm(p, smem, small + SMALL_ATTN_NORM, t, ll_wait(p, ins, epoch, h_flag(epoch, 2 * ins.layer)));
     if (LL_H && !staged_ok(smem)) return;
     float* rope = reinterpret_cast<float*>(smem + OFF_ATTN);  // [ROWS][cos, sin][HEAD_DIM] at the position
     if (ROPE_EARLY)
@@ -127,7 +128,8 @@ __device__ void op_projection(const Params& p, const Instruction& ins, uint8_t* 
         if (COMBINE_IN_O && ins.opcode == OP_O_PROJ) {
             stage_attention(p, ins, smem, epoch, t);
         } else if (LL_ACT && ins.opcode == OP_DOWN_PROJ) {
-            stage_act(p, smem, ins.k_begin, ins.k_end - ins.k_begin, t, ll_wait(p, ins, epoch, layer_flag(epoch, ins.layer)));
+            stage_act(p, smem, ins.k_begin, ins.k_end - ins.k_begin, t,
+                      ll_wait(p, ins, epoch, layer_flag(epoch, ins.layer)));
         } else {
             stage_rows(smem, src, ld, ins.k_begin, ins.k_end - ins.k_begin, t);
         }

@@ -171,7 +171,8 @@ __device__ void op_lm_head(const Params& p, const Instruction& ins, uint8_t* sme
                            unsigned long long epoch, Staged& staged) {
     const int t = threadIdx.x, rows = ins.tile_end - ins.tile_begin;
     const float* y = reinterpret_cast<const float*>(smem + OFF_Y);
-    if (staged.fresh(epoch, ins)) stage_norm(p, smem, p.final_norm, t, ll_wait(p, ins, epoch, h_flag(epoch, 2 * NUM_LAYERS)));
+    if (staged.fresh(epoch, ins))
+        stage_norm(p, smem, p.final_norm, t, ll_wait(p, ins, epoch, h_flag(epoch, 2 * NUM_LAYERS)));
     if (LL_H && !staged_ok(smem)) return;
     matvec_tile(p, smem, ring, ins.weight_bytes, rows, t);
     const int tile = ins.tile_begin / LM_HEAD_ROWS_PER_TILE;
